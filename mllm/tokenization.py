@@ -1,0 +1,47 @@
+"""Tokenizer helpers shared by the processor and the data pipeline.
+
+The image placeholder is one added special token (``<image>``). Text is tokenized with one placeholder per
+image marker, then each placeholder is expanded to ``num_image_tokens`` copies, so a sample's final length
+is known before the model runs and labels line up with the embeddings the model builds. The placeholder id
+may lie outside the LLM's embedding matrix: the model never looks it up (it overwrites those positions
+with projected image features), so the LLM's vocabulary is never resized.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .constants import IGNORE_INDEX, IMAGE_TOKEN
+
+
+def add_image_token(tokenizer, image_token: str = IMAGE_TOKEN) -> int:
+    """Register ``image_token`` as a special token (idempotent) and return its id.
+
+    Also gives the tokenizer a pad token when it has none (unk, else eos), which batching needs.
+    """
+    vocab = tokenizer.get_vocab()
+    if image_token not in vocab:
+        tokenizer.add_special_tokens({"additional_special_tokens": [image_token]}, replace_extra_special_tokens=False)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token
+    return tokenizer.convert_tokens_to_ids(image_token)
+
+
+def expand_image_tokens(
+    input_ids: Sequence[int],
+    image_token_id: int,
+    num_image_tokens: int,
+    labels: Sequence[int] | None = None,
+) -> tuple[list[int], list[int] | None]:
+    """Replace every ``image_token_id`` by ``num_image_tokens`` copies; labels there become IGNORE_INDEX."""
+    ids_out: list[int] = []
+    labels_out: list[int] | None = [] if labels is not None else None
+    for i, tok in enumerate(input_ids):
+        if tok == image_token_id:
+            ids_out.extend([image_token_id] * num_image_tokens)
+            if labels_out is not None:
+                labels_out.extend([IGNORE_INDEX] * num_image_tokens)
+        else:
+            ids_out.append(tok)
+            if labels_out is not None:
+                labels_out.append(labels[i])
+    return ids_out, labels_out
