@@ -45,3 +45,16 @@ def expand_image_tokens(
             if labels_out is not None:
                 labels_out.append(labels[i])
     return ids_out, labels_out
+
+
+def ensure_bos(tokenizer, input_ids: Sequence[int]) -> list[int]:
+    """Start with BOS when the tokenizer has one, whether or not its config adds it.
+
+    A Llama SentencePiece tokenizer loaded without a tokenizer_config (add_bos_token=False) would otherwise
+    silently drop the BOS that Vicuna/LLaVA were trained with; tokenizers without a BOS (Qwen) are unchanged.
+    """
+    ids = list(input_ids)
+    bos = tokenizer.bos_token_id
+    if bos is not None and (not ids or ids[0] != bos):
+        ids.insert(0, bos)
+    return ids

@@ -1,0 +1,104 @@
+"""The checkpoint manifest: everything needed to rebuild a model, chosen by content, never by folder name.
+
+A checkpoint directory holds `config.json` (this manifest) plus the parts it lists under `contents`:
+`projector/` (always), `tokenizer/` (always), `adapter/` (peft LoRA), `llm/` (full LLM weights: full
+fine-tuning or a merge), `vision_tower/` (tower weights, when the tower was trained or has no hub source).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+MANIFEST_NAME = "config.json"
+FORMAT_NAME = "llm2clip-llava"
+FORMAT_VERSION = 1
+QUANTIZATIONS = ("4bit", "8bit")
+
+
+class ManifestError(ValueError):
+    """A checkpoint directory is not ours, or its manifest is incomplete or inconsistent with its files."""
+
+
+@dataclass
+class TowerSpec:
+    """Where the vision tower comes from and which features the LLM sees."""
+
+    checkpoint: str | None = "microsoft/LLM2CLIP-EVA02-L-14-336"  # hub id, directory or file; None = config only
+    config: str | dict | None = None  # preset name or an EVA-CLIP vision_cfg dict
+    select_layer: int = -2
+    select_feature: str = "patch"
+    name: str | None = None  # human-readable tower name (preset), recorded in projector configs
+
+
+@dataclass
+class LoraSpec:
+    r: int = 128
+    alpha: int = 256
+    dropout: float = 0.05
+    target_modules: str | list[str] = "all-linear"  # peft: every Linear of the LLM except lm_head
+
+
+@dataclass
+class MLLMConfig:
+    llm: str  # base LLM: hub id, absolute path, or a path relative to the checkpoint directory
+    tower: TowerSpec = field(default_factory=TowerSpec)
+    projector_type: str = "mlp2x_gelu"
+    template: str = "vicuna_v1"
+    image_aspect_ratio: str = "pad"  # image preprocessing mode: pad | crop | resize
+    image_token: str = "<image>"
+    image_token_id: int | None = None  # set once the tokenizer knows the token
+    model_max_length: int = 2048
+    quantization: str | None = None  # how the LLM was loaded for training: "4bit" | "8bit" | None
+    lora: LoraSpec | None = None
+    contents: dict = field(default_factory=lambda: {"projector": "projector", "tokenizer": "tokenizer"})
+    extra: dict = field(default_factory=dict)  # provenance: stage, steps, data, versions ...
+    format: str = FORMAT_NAME
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self):
+        if isinstance(self.tower, dict):
+            self.tower = TowerSpec(**self.tower)
+        if isinstance(self.lora, dict):
+            self.lora = LoraSpec(**self.lora)
+        if self.quantization not in (None, *QUANTIZATIONS):
+            raise ManifestError(f"quantization must be one of {QUANTIZATIONS} or null, got {self.quantization!r}")
+        if self.image_aspect_ratio not in ("pad", "crop", "resize"):
+            raise ManifestError(f"image_aspect_ratio must be pad, crop or resize, got {self.image_aspect_ratio!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "MLLMConfig":
+        if data.get("format") != FORMAT_NAME:
+            raise ManifestError(f"not an {FORMAT_NAME} manifest (format={data.get('format')!r})")
+        if int(data.get("format_version", 0)) > FORMAT_VERSION:
+            raise ManifestError(
+                f"manifest format_version {data['format_version']} is newer than this package supports ({FORMAT_VERSION})"
+            )
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def save(self, directory: str | Path) -> Path:
+        path = Path(directory) / MANIFEST_NAME
+        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "MLLMConfig":
+        path = Path(directory) / MANIFEST_NAME
+        if not path.is_file():
+            raise ManifestError(f"{directory} is not a checkpoint: {MANIFEST_NAME} is missing")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ManifestError(f"{path} is not valid JSON: {exc}") from exc
+        return cls.from_dict(data)
+
+    def resolve_path(self, directory: str | Path, value: str | None) -> str | None:
+        """Resolve a path recorded in the manifest: relative paths are relative to the checkpoint directory."""
+        if value is None:
+            return None
+        candidate = Path(directory) / value
+        return str(candidate) if not Path(value).is_absolute() and candidate.exists() else value

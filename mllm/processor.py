@@ -1,0 +1,98 @@
+"""Text with `<image>` markers + images → model inputs, with each marker expanded to `num_image_tokens`.
+
+Lengths are known at tokenization time, so padding (left for generation, right for training) is the
+tokenizer's ordinary padding and the model needs no re-packing.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .constants import IMAGE_TOKEN
+from .modeling import ImageCountError
+from .tokenization import add_image_token, ensure_bos, expand_image_tokens
+
+
+class MLLMProcessor:
+    """Tokenizer + image processor of one model. `__call__` batches raw text; templates build the text."""
+
+    def __init__(self, tokenizer, image_processor, num_image_tokens: int, image_token: str = IMAGE_TOKEN):
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.num_image_tokens = int(num_image_tokens)
+        self.image_token = image_token
+        self.image_token_id = add_image_token(tokenizer, image_token)
+
+    def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of one text, each `<image>` expanded to `num_image_tokens` placeholders."""
+        ids = self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
+        if add_special_tokens:
+            ids = ensure_bos(self.tokenizer, ids)
+        return expand_image_tokens(ids, self.image_token_id, self.num_image_tokens)[0]
+
+    def pad(self, sequences: Sequence[Sequence[int]], padding_side: str = "left", pad_to_multiple_of: int | None = None):
+        """Pad id lists into `input_ids` and `attention_mask` tensors."""
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        length = max((len(s) for s in sequences), default=0)
+        if pad_to_multiple_of:
+            length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
+        pad_id = self.tokenizer.pad_token_id
+        input_ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
+        for row, seq in enumerate(sequences):
+            if not seq:
+                continue
+            span = slice(length - len(seq), length) if padding_side == "left" else slice(0, len(seq))
+            input_ids[row, span] = torch.as_tensor(list(seq), dtype=torch.long)
+            attention_mask[row, span] = 1
+        return input_ids, attention_mask
+
+    def __call__(
+        self,
+        text: str | Sequence[str],
+        images=None,
+        *,
+        padding_side: str = "left",
+        add_special_tokens: bool = True,
+    ) -> dict:
+        """Batch `text` (one string or a list) with `images`.
+
+        `images`: None, one image per text marker in order; for a batch, a list with one entry per sample (an
+        image, a list of images, or None for text-only samples). Returns `input_ids`, `attention_mask` and
+        `pixel_values` (all images of the batch in order, or None).
+        """
+        texts = [text] if isinstance(text, str) else list(text)
+        per_sample = self._images_per_sample(texts, images, single=isinstance(text, str))
+        sequences, flat_images = [], []
+        for i, (sample_text, sample_images) in enumerate(zip(texts, per_sample)):
+            markers = sample_text.count(self.image_token)
+            if markers != len(sample_images):
+                raise ImageCountError(
+                    f"sample {i}: {markers} '{self.image_token}' marker(s) in the text but {len(sample_images)} image(s)"
+                )
+            sequences.append(self.tokenize(sample_text, add_special_tokens=add_special_tokens))
+            flat_images.extend(sample_images)
+        input_ids, attention_mask = self.pad(sequences, padding_side)
+        pixel_values = self.image_processor(flat_images) if flat_images else None
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": pixel_values}
+
+    @staticmethod
+    def _images_per_sample(texts: list[str], images, single: bool) -> list[list]:
+        if images is None:
+            return [[] for _ in texts]
+        if single:
+            return [list(images) if isinstance(images, (list, tuple)) else [images]]
+        if not isinstance(images, (list, tuple)) or len(images) != len(texts):
+            raise ImageCountError(
+                f"for a batch of {len(texts)} texts, pass `images` as a list of {len(texts)} entries "
+                "(an image, a list of images, or None per sample)"
+            )
+        return [[] if im is None else list(im) if isinstance(im, (list, tuple)) else [im] for im in images]
+
+    def decode(self, token_ids, skip_special_tokens: bool = True) -> str:
+        return self.tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens)
+
+    def batch_decode(self, token_ids, skip_special_tokens: bool = True) -> list[str]:
+        return self.tokenizer.batch_decode(token_ids, skip_special_tokens=skip_special_tokens)

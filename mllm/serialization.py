@@ -1,0 +1,156 @@
+"""Save a model as a self-describing directory and load any such directory in one call.
+
+What is loaded is decided by the manifest's `contents`, never by folder names: projector (always), tokenizer
+(always), peft adapter (LoRA/QLoRA), full LLM weights (full fine-tune or merge), tower weights (trained or
+without a hub source).
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+
+from projector import load_projector, save_projector
+
+from .builder import image_processor_for, load_tokenizer, load_tower
+from .config import MLLMConfig
+from .llm import load_llm, resolve_dtype
+from .modeling import MLLM
+from .processor import MLLMProcessor
+
+logger = logging.getLogger(__name__)
+
+
+def _is_peft(llm) -> bool:
+    return hasattr(llm, "peft_config")
+
+
+def _tower_was_trained(model: MLLM) -> bool:
+    return any(p.requires_grad for p in model.vision_tower.parameters())
+
+
+def save_pretrained(
+    model: MLLM,
+    processor: MLLMProcessor,
+    directory: str | Path,
+    *,
+    save_llm: bool | None = None,
+    save_tower: bool | None = None,
+    extra: dict | None = None,
+) -> Path:
+    """Write manifest, projector, tokenizer and, as needed, adapter, LLM weights and tower weights.
+
+    `save_llm=None` saves full LLM weights only when the LLM itself was trained (no adapter); `save_tower=None`
+    saves the tower when any of it was trained or it has no checkpoint source to reload it from.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = model.config
+    contents = {"projector": "projector", "tokenizer": "tokenizer"}
+    save_projector(model.projector, directory / "projector")
+    processor.tokenizer.save_pretrained(directory / "tokenizer")
+    llm = model.llm
+    if _is_peft(llm):
+        llm.save_pretrained(directory / "adapter")
+        contents["adapter"] = "adapter"
+    if save_llm is None:
+        save_llm = not _is_peft(llm) and any(p.requires_grad for p in llm.parameters())
+    if save_llm:
+        if getattr(llm, "is_loaded_in_4bit", False) or getattr(llm, "is_loaded_in_8bit", False):
+            raise ValueError("refusing to save quantised LLM weights as the model: merge into a bf16 copy instead")
+        target = llm.get_base_model() if _is_peft(llm) else llm
+        target.save_pretrained(directory / "llm", safe_serialization=True)
+        contents["llm"] = "llm"
+    if save_tower is None:
+        save_tower = _tower_was_trained(model) or config.tower.checkpoint is None
+    if save_tower:
+        model.vision_tower.save_pretrained(directory / "vision_tower")
+        contents["vision_tower"] = "vision_tower"
+    config.contents = contents
+    if extra:
+        config.extra = {**config.extra, **extra}
+    config.save(directory)
+    return directory
+
+
+def _resolve_quantization(requested: str | None, manifest: MLLMConfig, has_full_llm: bool) -> str | None:
+    if requested != "auto":
+        return None if requested in (None, "none") else requested
+    if has_full_llm or manifest.quantization is None:
+        return None
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        logger.warning("checkpoint was trained with a %s LLM but bitsandbytes is missing: loading unquantised",
+                       manifest.quantization)
+        return None
+    return manifest.quantization
+
+
+def load_model(
+    directory: str | Path,
+    *,
+    quantization: str | None = "auto",
+    dtype: str | torch.dtype | None = None,
+    device_map=None,
+    device: str | torch.device | None = None,
+    trainable: bool = False,
+) -> tuple[MLLM, MLLMProcessor]:
+    """Load any checkpoint directory this package wrote.
+
+    `quantization="auto"` loads the LLM as it was trained (a QLoRA adapter on its 4-bit base) when
+    bitsandbytes is available; `None`/"none", "4bit" or "8bit" override. `device` pins everything to one
+    device; `device_map` spreads the LLM (tower and projector follow its input embeddings).
+    """
+    directory = Path(directory)
+    manifest = MLLMConfig.load(directory)
+    contents = manifest.contents
+    for key, rel in contents.items():
+        if not (directory / rel).exists():
+            raise FileNotFoundError(f"checkpoint {directory} lists {key!r} at {rel!r}, which is missing")
+    has_full_llm = "llm" in contents
+    llm_source = str(directory / contents["llm"]) if has_full_llm else manifest.resolve_path(directory, manifest.llm)
+    quant = _resolve_quantization(quantization, manifest, has_full_llm)
+    if device is not None and device_map is None:
+        device_map = {"": str(device)}
+    compute_dtype = resolve_dtype(dtype, device)
+    llm = load_llm(llm_source, quantization=quant, dtype=compute_dtype, device_map=device_map)
+    if "adapter" in contents:
+        from peft import PeftModel
+
+        llm = PeftModel.from_pretrained(llm, str(directory / contents["adapter"]), is_trainable=trainable)
+    tower_dir = directory / contents["vision_tower"] if "vision_tower" in contents else None
+    tower = load_tower(manifest.tower, directory=tower_dir, dtype=compute_dtype)
+    d_llm = llm.get_input_embeddings().weight.shape[1]
+    proj = load_projector(
+        directory / contents["projector"],
+        expected_in_features=tower.hidden_size,
+        expected_out_features=d_llm,
+        expected_tower=manifest.tower.name,
+        dtype=compute_dtype,
+    )
+    tokenizer = load_tokenizer(directory / contents["tokenizer"])
+    processor = MLLMProcessor(
+        tokenizer, image_processor_for(tower, manifest.image_aspect_ratio), tower.num_image_tokens, manifest.image_token
+    )
+    if processor.image_token_id != manifest.image_token_id:
+        raise ValueError(
+            f"tokenizer in {directory} maps {manifest.image_token!r} to {processor.image_token_id}, "
+            f"but the manifest says {manifest.image_token_id}"
+        )
+    model = MLLM(manifest, llm, tower, proj)
+    model.place_vision_modules()
+    if not trainable:
+        model.eval()
+        model.requires_grad_(False)
+    return model, processor
+
+
+def copy_checkpoint_parts(source: str | Path, target: str | Path, parts: list[str]) -> None:
+    """Copy listed sub-directories (e.g. projector, tokenizer) between checkpoint directories."""
+    for part in parts:
+        src = Path(source) / part
+        if src.exists():
+            shutil.copytree(src, Path(target) / part, dirs_exist_ok=True)

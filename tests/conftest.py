@@ -1,0 +1,48 @@
+"""Shared fixtures: tiny random models of the real architectures, built and saved once per test session."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_threads():
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture(scope="session")
+def spm_tokenizer_dir(tmp_path_factory):
+    """A real 32k Llama SentencePiece tokenizer (from mistral_common) that adds BOS like Vicuna's."""
+    from mllm.tiny import save_spm_tokenizer
+
+    path = tmp_path_factory.mktemp("spm_tokenizer")
+    save_spm_tokenizer(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_tower_dir(tmp_path_factory):
+    from mllm.tiny import save_tiny_tower
+
+    return save_tiny_tower(tmp_path_factory.mktemp("tiny_tower"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llm_dirs(tmp_path_factory):
+    """family -> directory of a saved tiny random causal LM; built lazily per family."""
+    from mllm.tiny import save_tiny_llm
+
+    cache: dict[str, object] = {}
+
+    def get(family: str = "llama"):
+        if family not in cache:
+            cache[family] = save_tiny_llm(tmp_path_factory.mktemp(f"tiny_{family}"), family)
+        return cache[family]
+
+    return get
