@@ -110,7 +110,8 @@ def build_model(
     if lora is not None:
         llm_model = apply_lora(llm_model, lora)
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(llm)
-    processor = MLLMProcessor(tokenizer, image_processor_for(vision, image_aspect_ratio), vision.num_image_tokens)
+    processor = MLLMProcessor(tokenizer, image_processor_for(vision, image_aspect_ratio), vision.num_image_tokens,
+                              template=template, model_max_length=model_max_length)
     config = MLLMConfig(
         llm=str(llm),
         tower=tower,

@@ -11,22 +11,28 @@ import torch
 
 from .constants import IMAGE_TOKEN
 from .modeling import ImageCountError
-from .tokenization import add_image_token, ensure_bos, expand_image_tokens
+from .tokenization import add_image_token, ensure_bos, expand_image_tokens, tokenize_with_offsets
 
 
 class MLLMProcessor:
     """Tokenizer + image processor of one model. `__call__` batches raw text; templates build the text."""
 
-    def __init__(self, tokenizer, image_processor, num_image_tokens: int, image_token: str = IMAGE_TOKEN):
+    def __init__(self, tokenizer, image_processor, num_image_tokens: int, image_token: str = IMAGE_TOKEN,
+                 template: str = "vicuna_v1", model_max_length: int | None = None):
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.num_image_tokens = int(num_image_tokens)
         self.image_token = image_token
         self.image_token_id = add_image_token(tokenizer, image_token)
+        self.template = template  # the conversation template the model was trained with
+        self.model_max_length = model_max_length
 
     def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        """Token ids of one text, each `<image>` expanded to `num_image_tokens` placeholders."""
-        ids = self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
+        """Token ids of one text, each `<image>` expanded to `num_image_tokens` placeholders.
+
+        Text between markers is tokenized piece by piece exactly as the training data is (`mllm.templates`).
+        """
+        ids = tokenize_with_offsets(self.tokenizer, text, self.image_token_id)[0]
         if add_special_tokens:
             ids = ensure_bos(self.tokenizer, ids)
         return expand_image_tokens(ids, self.image_token_id, self.num_image_tokens)[0]
@@ -76,6 +82,33 @@ class MLLMProcessor:
             flat_images.extend(sample_images)
         input_ids, attention_mask = self.pad(sequences, padding_side)
         pixel_values = self.image_processor(flat_images) if flat_images else None
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": pixel_values}
+
+    def encode_prompt(self, conversations, template: str | None = None) -> list[int]:
+        """Generation prompt ids (history + open assistant turn) through the training template code."""
+        from .templates import encode
+
+        return encode(conversations, template or self.template, self.tokenizer, image_token_id=self.image_token_id,
+                      num_image_tokens=self.num_image_tokens, max_length=self.model_max_length,
+                      add_generation_prompt=True).input_ids
+
+    def chat_batch(self, conversations_batch, images_batch=None, template: str | None = None) -> dict:
+        """Left-padded generation inputs for several conversations (LLaVA JSON form), with their images.
+
+        `images_batch[i]` lists the images of conversation i in the order of its `<image>` markers.
+        """
+        images_batch = images_batch if images_batch is not None else [None] * len(conversations_batch)
+        per_sample = self._images_per_sample(["" for _ in conversations_batch], images_batch, single=False)
+        sequences, flat = [], []
+        for i, (conv, ims) in enumerate(zip(conversations_batch, per_sample)):
+            ids = self.encode_prompt(conv, template)
+            n_markers = sum(1 for t in ids if t == self.image_token_id) // max(self.num_image_tokens, 1)
+            if n_markers != len(ims):
+                raise ImageCountError(f"conversation {i}: {n_markers} '{self.image_token}' marker(s) but {len(ims)} image(s)")
+            sequences.append(ids)
+            flat.extend(ims)
+        input_ids, attention_mask = self.pad(sequences, "left")
+        pixel_values = self.image_processor(flat) if flat else None
         return {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": pixel_values}
 
     @staticmethod

@@ -133,7 +133,8 @@ def load_model(
     )
     tokenizer = load_tokenizer(directory / contents["tokenizer"])
     processor = MLLMProcessor(
-        tokenizer, image_processor_for(tower, manifest.image_aspect_ratio), tower.num_image_tokens, manifest.image_token
+        tokenizer, image_processor_for(tower, manifest.image_aspect_ratio), tower.num_image_tokens, manifest.image_token,
+        template=manifest.template, model_max_length=manifest.model_max_length,
     )
     if processor.image_token_id != manifest.image_token_id:
         raise ValueError(

@@ -58,3 +58,27 @@ def ensure_bos(tokenizer, input_ids: Sequence[int]) -> list[int]:
     if bos is not None and (not ids or ids[0] != bos):
         ids.insert(0, bos)
     return ids
+
+
+def tokenize_with_offsets(tokenizer, text: str, image_token_id: int | None = None):
+    """Token ids and character offsets of ``text``; each ``<image>`` marker becomes one ``image_token_id``.
+
+    The text between markers is tokenized as its own piece (one batched call), as LLaVA's
+    ``tokenizer_image_token`` does, so a SentencePiece tokenizer starts a new word after an image and the ids
+    match LLaVA-1.5's; byte-level BPE tokenizers split at special tokens anyway and are unaffected.
+    """
+    if image_token_id is None:
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+    segments = text.split(IMAGE_TOKEN)
+    enc = tokenizer(segments, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets, pos = [], [], 0
+    for n, segment in enumerate(segments):
+        if n:
+            ids.append(image_token_id)
+            offsets.append((pos, pos + len(IMAGE_TOKEN)))
+            pos += len(IMAGE_TOKEN)
+        ids += enc["input_ids"][n]
+        offsets += [(pos + a, pos + b) for a, b in enc["offset_mapping"][n]]
+        pos += len(segment)
+    return ids, offsets

@@ -177,3 +177,23 @@ def test_text_only_training_batch_keeps_projector_in_graph(model_and_processor):
     finally:
         model.zero_grad(set_to_none=True)
         model.eval()
+
+
+def test_chat_batch_uses_training_template_and_matches_bs1(model_and_processor, make_images):
+    from mllm.templates import encode
+
+    model, processor = model_and_processor
+    convs = [[{"from": "human", "value": "<image>\nWhat colour is it?"}],
+             [{"from": "human", "value": "Hello"}, {"from": "gpt", "value": "Hi."},
+              {"from": "human", "value": "<image>\nAnd now, describe this picture in detail?"}]]
+    ims = make_images(2)
+    batch = processor.chat_batch(convs, [[ims[0]], [ims[1]]])
+    for row, conv in enumerate(convs):
+        expected = encode(conv, "vicuna_v1", processor.tokenizer, image_token_id=processor.image_token_id,
+                          num_image_tokens=processor.num_image_tokens, add_generation_prompt=True).input_ids
+        assert batch["input_ids"][row][batch["attention_mask"][row].bool()].tolist() == expected
+    out = model.generate(**batch, max_new_tokens=5, min_new_tokens=5)
+    single = model.generate(**processor.chat_batch([convs[1]], [[ims[1]]]), max_new_tokens=5, min_new_tokens=5)
+    assert out[1].tolist() == single[0].tolist()
+    with pytest.raises(ImageCountError, match="1 '<image>' marker"):
+        processor.chat_batch([convs[0]], [[]])

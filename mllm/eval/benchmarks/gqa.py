@@ -1,0 +1,72 @@
+"""GQA testdev-balanced (LLaVA-1.5's split), scored locally like LLaVA + the official ``eval.py``.
+
+Expected layout under ``data`` (official GQA download; LLaVA's ``.../eval/gqa/data``)::
+
+    <split>_questions.json    {qid: {imageId, question, answer, isBalanced, types: {structural, semantic},
+                               groups: {global, local}, ...}}   (split default: testdev_balanced)
+    images/<imageId>.jpg
+
+Prompt: ``<image>\\n{question}\\nAnswer the question using a single word or phrase.`` The prediction becomes
+``text.rstrip('.').lower()`` and must equal the gold answer exactly. ``write_submission`` writes the
+predictions file eval.py reads (``[{"questionId", "prediction"}]``).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..io import read_json, require_keys, write_json
+from ..scorers.gqa import gqa_convert, gqa_scores
+from ..types import SHORT_ANSWER, Benchmark, BenchmarkDataError, EvalItem, ScoreResult, gather_predictions, \
+    prompt_with_image
+
+
+@dataclass
+class GQA(Benchmark):
+    data: str
+    split: str = "testdev_balanced"
+    image_dir: str | None = None
+
+    name = "gqa"
+    display_name = "GQA"
+    main_metric = "accuracy"
+
+    def load(self) -> list[EvalItem]:
+        qfile = Path(self.data) / f"{self.split}_questions.json"
+        questions = read_json(qfile)
+        if not isinstance(questions, dict):
+            raise BenchmarkDataError(f"{qfile}: expected an object mapping question ids to questions")
+        image_dir = Path(self.image_dir) if self.image_dir else Path(self.data) / "images"
+        items = []
+        for qid, q in questions.items():
+            require_keys(q, ("imageId", "question"), f"{qfile} question {qid}")
+            types = q.get("types") or {}
+            target = None
+            if "answer" in q:
+                target = {"answer": q["answer"], "balanced": bool(q.get("isBalanced", True)),
+                          "structural": types.get("structural"), "semantic": types.get("semantic"),
+                          "group": (q.get("groups") or {}).get("global")}
+            items.append(EvalItem(
+                question_id=str(qid), prompt=prompt_with_image(f"{q['question']}\n{SHORT_ANSWER}"),
+                images=(str(image_dir / f"{q['imageId']}.jpg"),), target=target, meta={"imageId": q["imageId"]}))
+        return items
+
+    def score(self, items: Sequence[EvalItem], predictions: Mapping[str, str]) -> ScoreResult:
+        notes: list[str] = []
+        texts = gather_predictions(items, predictions, notes)
+        if any(it.target is None for it in items):
+            notes.append("questions without answers (test split): nothing to score locally")
+            return self._result({"accuracy": None}, {}, notes, len(items))
+        rows, per_sample = [], {}
+        for it, text in zip(items, texts):
+            pred = gqa_convert(text)
+            rows.append({**it.target, "prediction": pred})
+            per_sample[it.question_id] = {"score": float(pred == it.target["answer"]) if it.target["balanced"]
+                                          else None, "prediction": pred}
+        return self._result(gqa_scores(rows, notes), per_sample, notes, len(items))
+
+    def write_submission(self, items, predictions, out_dir) -> list[Path]:
+        rows = [{"questionId": it.question_id, "prediction": gqa_convert(predictions.get(it.question_id, ""))}
+                for it in items]
+        return [write_json(Path(out_dir) / f"{self.split}_predictions.json", rows)]

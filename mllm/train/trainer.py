@@ -1,0 +1,310 @@
+"""The training loop: a compact accelerate loop shared by stage 1 (projector) and stage 2 (QLoRA/LoRA/full).
+
+Why not HF `Trainer`: we need checkpoints that are atomic and usable as models, exact resume (sampler
+position, RNG per rank) tested by SIGKILL, a token-weighted loss that is exact under gradient accumulation
+and DDP, the projector's own learning rate, NaN stops that name the samples, and bad-data counts in the
+logs. Each is a few lines here and a subclass-and-override fight with `Trainer`. accelerate still does the
+distribution (DDP, DeepSpeed, FSDP, multi-node) and the trackers (tensorboard, wandb).
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from ..builder import build_model
+from ..config import LoraSpec, TowerSpec
+from ..constants import IGNORE_INDEX
+from ..llm import resolve_dtype
+from ..serialization import save_pretrained
+from .checkpointing import SHARDED_STATE_DIR, CheckpointWriter, find_resume_checkpoint, load_resume_state
+from .config import TrainConfig, save_config
+from .data import build_train_data
+from .distributed import plan_setup
+from .metrics import ProgressLogger, StepStats
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN/inf; the message names the optimizer step and the samples of the micro-batch."""
+
+
+def _projector_path(path: str | None) -> str | None:
+    """Accept a stage-1 run/checkpoint directory or its `projector/` directory."""
+    if not path:
+        return None
+    p = Path(path)
+    return str(p / "projector") if (p / "projector").is_dir() else str(p)
+
+
+def _optimizer(model, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW with LLaVA's four groups: (projector | rest) × (decay | no decay for biases and norms)."""
+    groups = []
+    lrs = {"projector": config.projector_lr or config.learning_rate, "llm": config.learning_rate,
+           "vision_tower": config.tower_lr or config.learning_rate}
+    for part, params in model.trainable_parameters().items():
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]
+        for chunk, wd in ((decay, config.weight_decay), (no_decay, 0.0)):
+            if chunk:
+                groups.append({"params": chunk, "lr": lrs[part], "weight_decay": wd, "name": f"{part}{'' if wd else '_no_decay'}"})
+    if not groups:
+        raise ValueError("nothing to train: no parameter requires grad (check mode / unfreeze settings)")
+    return torch.optim.AdamW(groups, betas=(config.adam_beta1, config.adam_beta2))
+
+
+def _main_lr(optimizer) -> float:
+    """The learning rate of the LLM (or tower) group, else the projector's: what a user reads as "the" lr."""
+    groups = optimizer.param_groups
+    return next((g["lr"] for g in groups if not g.get("name", "").startswith("projector")), groups[0]["lr"])
+
+
+def _zero_loss(model) -> torch.Tensor:
+    """A zero that touches every trainable parameter, for a rank whose micro-batch lost all its samples."""
+    return sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
+
+
+def train(config: TrainConfig) -> Path:
+    from accelerate import Accelerator
+    from transformers import get_scheduler
+
+    on_cuda = torch.cuda.is_available()
+    mode = config.resolved_mode(on_cuda)
+    compute_dtype = resolve_dtype(config.dtype)
+    plan = plan_setup(mode, compute_dtype)
+    _check_trackers(config.report_to)
+    world_env = int(os.environ.get("WORLD_SIZE", "1"))
+    ga_steps = config.gradient_accumulation_steps(world_env)
+    accelerator = Accelerator(
+        cpu=not on_cuda,
+        mixed_precision="bf16" if on_cuda and compute_dtype == torch.bfloat16 else "no",
+        gradient_accumulation_steps=ga_steps,
+        log_with=config.report_to or None,
+        project_dir=config.output_dir,
+    )
+    rank, world = accelerator.process_index, accelerator.num_processes
+    sharded = plan.engine in ("deepspeed", "fsdp")  # optimizer (and maybe weights) live in shards across ranks
+    if plan.engine == "deepspeed":
+        ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
+        ds_config["train_micro_batch_size_per_gpu"] = config.micro_batch_size
+        ds_config["gradient_accumulation_steps"] = ga_steps
+    run_dir = Path(config.output_dir)
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir)
+        _log_to_file(run_dir / "train.log")
+    torch.manual_seed(config.seed)  # identical initialisation of new weights on every rank
+
+    model, processor = build_model(
+        config.llm,
+        tower=TowerSpec(checkpoint=config.tower_checkpoint, config=config.tower, select_layer=config.select_layer,
+                        select_feature=config.select_feature, name=config.tower),  # name None: the tower's own
+        tokenizer=None if config.tokenizer is None else _load_tokenizer(config.tokenizer),
+        projector_type=config.projector_type,
+        projector_path=_projector_path(config.pretrained_projector),
+        template=config.template,
+        image_aspect_ratio=config.image_aspect_ratio,
+        model_max_length=config.model_max_length,
+        quantization=plan.quantization,
+        dtype=compute_dtype,
+        device_map=plan.device_map,
+        lora=LoraSpec(config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules)
+        if mode in ("qlora", "lora") else None,
+        train_llm=mode == "full",
+        train_projector=True,
+        unfreeze_tower_blocks=config.unfreeze_tower_blocks,
+        gradient_checkpointing=config.gradient_checkpointing,
+        quant_storage=plan.quant_storage,
+    )
+    model.config.extra.update({"stage": config.stage, "mode": mode})
+    for p in model.parameters():  # trainable weights in fp32; bf16 compute comes from autocast on CUDA
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+    model.train()
+    if hasattr(model.vision_tower, "eval") and not any(p.requires_grad for p in model.vision_tower.parameters()):
+        model.vision_tower.eval()
+
+    data = build_train_data(config, processor, rank=rank, world_size=world, grad_accum=ga_steps)
+    steps_per_epoch = max(1, math.ceil(data.micro_batches_per_epoch / ga_steps))
+    total_steps = config.max_steps if config.max_steps > 0 else max(1, math.ceil(config.num_train_epochs * steps_per_epoch))
+    optimizer = _optimizer(model, config)
+    scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=math.ceil(config.warmup_ratio * total_steps),
+                              num_training_steps=total_steps)
+
+    state = {"step": 0, "epoch": 0, "micro_batches_in_epoch": 0, "tokens_seen": 0, "skipped": {}}
+    checkpoint = find_resume_checkpoint(config.resume_from) if config.resume_from else None
+    if checkpoint is not None and not sharded:
+        state.update(load_resume_state(checkpoint, rank=rank, model=model, optimizer=optimizer, scheduler=scheduler))
+    wrapped, optimizer = accelerator.prepare(model, optimizer)
+    unwrapped = accelerator.unwrap_model(wrapped)
+    if checkpoint is not None and sharded:  # engine-specific sharded state, restored by accelerate
+        accelerator.load_state(str(checkpoint / SHARDED_STATE_DIR))
+        scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=True))
+        state.update(json.loads((checkpoint / "trainer_state.json").read_text()))
+    if checkpoint is not None:
+        if rank == 0 and state.get("skipped"):
+            data.skip_report.merge(state["skipped"])  # ranks' reports are merged again at each save
+        logger.info("resumed from %s at step %d (epoch %d)", checkpoint, state["step"], state["epoch"])
+    writer = CheckpointWriter(run_dir, rank=rank, world_size=world, barrier=accelerator.wait_for_everyone,
+                              keep_last=config.save_total_limit)
+    progress = ProgressLogger(accelerator, config, total_steps, initial=state["step"])
+    if config.report_to:
+        accelerator.init_trackers(run_dir.name, config={k: v for k, v in config.to_dict().items() if v is not None and not isinstance(v, list)})
+
+    def save_checkpoint(step: int) -> Path:
+        state["skipped"] = data.merged_skips(accelerator).to_dict()
+        return writer.save(step, save_model=lambda d: save_pretrained(unwrapped, processor, d), model=unwrapped,
+                           optimizer=optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
+                           scheduler=scheduler, trainer_state=dict(state),
+                           save_sharded=(lambda d: accelerator.save_state(str(d / SHARDED_STATE_DIR))) if sharded else None)
+
+    started, last_saved = time.time(), None
+    while state["step"] < total_steps:
+        batches = data.iter_epoch(state["epoch"], start_micro_batch=state["micro_batches_in_epoch"])
+        epoch_done = False
+        while state["step"] < total_steps and not epoch_done:
+            window = []
+            for batch in batches:
+                window.append(batch)
+                if len(window) == ga_steps:
+                    break
+            if len(window) < ga_steps:
+                epoch_done = True
+            if not window:
+                break
+            stats = _optimizer_step(accelerator, wrapped, unwrapped, optimizer, scheduler, window, config, state["step"], data)
+            state["step"] += 1
+            state["micro_batches_in_epoch"] += len(window)
+            state["tokens_seen"] += stats.tokens
+            progress.update(state["step"], stats, _main_lr(optimizer), data.skip_report)
+            if config.save_steps > 0 and state["step"] % config.save_steps == 0 and state["step"] < total_steps:
+                last_saved = save_checkpoint(state["step"])
+        if epoch_done or state["step"] < total_steps:
+            state["epoch"] += 1
+            state["micro_batches_in_epoch"] = 0
+
+    if last_saved is None or not last_saved.name.endswith(f"-{state['step']}"):
+        last_saved = save_checkpoint(state["step"])
+    skips = data.merged_skips(accelerator)
+    replicas = _check_replicas_agree(accelerator, unwrapped)
+    if accelerator.is_main_process:
+        save_pretrained(unwrapped, processor, run_dir, extra={"train_steps": state["step"]})
+        summary = {
+            "stage": config.stage, "mode": mode, "steps": state["step"], "epochs_started": state["epoch"] + 1,
+            "tokens_seen": state["tokens_seen"], "wall_time_s": round(time.time() - started, 2),
+            "final_loss": progress.last_loss, "skipped": skips.counts, "world_size": world,
+            "gradient_accumulation_steps": ga_steps, "checkpoint": str(last_saved), "model_dir": str(run_dir),
+            "trainable_sha256": replicas,
+        }
+        (run_dir / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        progress.summary(summary, skips.summary(len(data.dataset)))
+    accelerator.end_training()
+    return run_dir
+
+
+def _optimizer_step(accelerator, wrapped, unwrapped, optimizer, scheduler, window, config, step, data) -> StepStats:
+    counts = torch.tensor([float((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in window]).sum().to(accelerator.device)
+    total_labels = accelerator.reduce(counts, reduction="sum").item()
+    world = accelerator.num_processes
+    loss_sum, tokens = 0.0, 0
+    for i, batch in enumerate(window):
+        data.skip_report.add(batch.get("skipped", []))
+        sync = i == len(window) - 1
+        context = accelerator.no_sync(wrapped) if not sync else _nullcontext()
+        with context:
+            if batch["input_ids"].shape[0] == 0:
+                loss = _zero_loss(unwrapped)
+                micro_loss = 0.0
+            else:
+                with accelerator.autocast():
+                    out = wrapped(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                  pixel_values=batch.get("pixel_values"), labels=batch["labels"])
+                bad = torch.tensor(0.0 if torch.isfinite(out.loss).item() else 1.0, device=accelerator.device)
+                if accelerator.reduce(bad, reduction="sum").item() > 0:
+                    mine = not torch.isfinite(out.loss).item()
+                    raise NonFiniteLossError(
+                        f"non-finite loss at optimizer step {step + 1}, micro-batch {i}"
+                        + (f": loss={out.loss.item()} on samples {batch.get('sample_ids')}" if mine else
+                           " on another rank (see its log for the sample ids)")
+                    )
+                # token-weighted mean over the whole global batch, exact under accumulation and DDP averaging;
+                # accelerate's backward divides by the accumulation steps, which the factor `ga` undoes
+                ga = accelerator.gradient_accumulation_steps
+                weight = out.num_label_tokens / total_labels * world * ga if total_labels else 0.0
+                loss = out.loss * weight
+                micro_loss = out.loss.item() * out.num_label_tokens
+                tokens += int(batch["attention_mask"].sum())
+            accelerator.backward(loss)
+            loss_sum += micro_loss
+    grad_norm = None
+    if config.max_grad_norm and config.max_grad_norm > 0:
+        params = [p for p in unwrapped.parameters() if p.requires_grad]
+        grad_norm = float(accelerator.clip_grad_norm_(params, config.max_grad_norm))
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    reduced = accelerator.reduce(torch.tensor([loss_sum, float(tokens)], device=accelerator.device), reduction="sum")
+    mean_loss = reduced[0].item() / total_labels if total_labels else float("nan")
+    return StepStats(loss=mean_loss, tokens=int(reduced[1].item()), label_tokens=int(total_labels), grad_norm=grad_norm)
+
+
+def _check_trackers(report_to: list[str]) -> None:
+    """Fail before loading anything when a requested tracker's package is missing."""
+    packages = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",),
+                "comet_ml": ("comet_ml",), "aim": ("aim",), "clearml": ("clearml",), "dvclive": ("dvclive",)}
+    for tracker in report_to:
+        if tracker not in packages:
+            raise ValueError(f"unknown report_to tracker {tracker!r}; choose from {sorted(packages)}")
+        if not any(importlib.util.find_spec(p) for p in packages[tracker]):
+            raise ValueError(f"report_to={tracker} needs its package: pip install {packages[tracker][0]}")
+
+
+def _check_replicas_agree(accelerator, model) -> str:
+    """Hash the trainable weights on every rank; data-parallel replicas that drifted apart are an error."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            digest.update(name.encode())
+            digest.update(p.detach().float().cpu().numpy().tobytes())
+    mine = digest.hexdigest()
+    if accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        digests = gather_object([mine])
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"data-parallel ranks ended with different trainable weights: {digests}")
+        logger.info("all %d ranks hold identical trainable weights (sha256 %s)", len(digests), mine[:16])
+    return mine
+
+
+def _log_to_file(path: Path) -> None:
+    """Everything the package logs (progress records, skips, summary) also goes to the run's train.log."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    package_logger = logging.getLogger("mllm")
+    package_logger.addHandler(handler)
+    if package_logger.getEffectiveLevel() > logging.INFO:
+        package_logger.setLevel(logging.INFO)
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _load_tokenizer(source: str):
+    from ..builder import load_tokenizer
+
+    return load_tokenizer(source)
