@@ -83,7 +83,29 @@ def load_llm(
             f"could not load the LLM {name_or_path!r}: not a local directory with a config.json, and the hub is "
             f"unreachable or has no such repo ({exc})"
         ) from exc
+    if quantization == "4bit":
+        keep_cpu_4bit_trainable(model)
     return model
+
+
+def keep_cpu_4bit_trainable(model: nn.Module) -> int:
+    """Stop bitsandbytes from repacking 4-bit weights for its CPU inference kernel.
+
+    On AVX512-BF16 CPUs, bnb >= 0.48 repacks a Linear4bit's weight (bf16 absmax, no double quant) on its first
+    eval-mode forward and keeps using that kernel, which has no autograd: LoRA training after any evaluation in
+    the same process would get wrong gradients, and evaluation would not compute what training computed.
+    Returns the number of layers changed.
+    """
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        return 0
+    count = 0
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit) and getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+            count += 1
+    return count
 
 
 def apply_lora(llm: nn.Module, spec: LoraSpec, *, gradient_checkpointing: bool = False) -> nn.Module:

@@ -6,6 +6,7 @@ is the same `vision_tower` code path as the full EVA02-L-14-336, only smaller. T
 """
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -15,7 +16,13 @@ LLM_FAMILIES = ("llama", "mistral", "qwen2", "gemma", "phi3")
 
 
 def spm_tokenizer_model_path() -> Path:
-    """Path of the 32k Llama/Mistral SentencePiece model shipped by `mistral_common` (pip install mistral-common)."""
+    """Path of the 32k Llama/Mistral SentencePiece model shipped by `mistral_common` (pip install mistral-common).
+
+    `$LLM2CLIP_LLAVA_SPM_MODEL` may point at a copy of that file instead (machines without mistral_common).
+    """
+    override = os.environ.get("LLM2CLIP_LLAVA_SPM_MODEL")
+    if override:
+        return Path(override)
     try:
         import mistral_common
     except ImportError as exc:

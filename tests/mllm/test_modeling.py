@@ -197,3 +197,17 @@ def test_chat_batch_uses_training_template_and_matches_bs1(model_and_processor, 
     assert out[1].tolist() == single[0].tolist()
     with pytest.raises(ImageCountError, match="1 '<image>' marker"):
         processor.chat_batch([convs[0]], [[]])
+
+
+def test_generate_text_batched_equals_single_and_stops(model_and_processor, make_images):
+    from mllm.generation import GenerationSettings, generate_text
+
+    model, processor = model_and_processor
+    convs = [[{"from": "human", "value": f"<image>\nQuestion {i}" + " more" * i}] for i in range(4)]
+    ims = [[im] for im in make_images(4)]
+    settings = GenerationSettings(max_new_tokens=6)
+    batched = generate_text(model, processor, convs, ims, settings)
+    singles = [generate_text(model, processor, [c], [im], settings)[0] for c, im in zip(convs, ims)]
+    assert batched == singles and all(isinstance(t, str) for t in batched)
+    with pytest.raises(ValueError, match="temperature"):
+        GenerationSettings(temperature=-1).kwargs()

@@ -77,7 +77,11 @@ def test_qlora_checkpoint_round_trip_and_merge(make_tiny_model, make_images, tmp
     mask = batch["attention_mask"].bool()
     # bf16 weights: agreement to bf16 precision on the logits that matter
     torch.testing.assert_close(merged_logits[mask], reference[mask], rtol=2e-2, atol=2e-2)
-    assert (merged_logits[mask].argmax(-1) == reference[mask].argmax(-1)).float().mean() > 0.95
+    # where the reference prediction is not a near-tie, the merged model predicts the same token
+    top2 = reference[mask].topk(2, dim=-1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 0.05
+    assert clear.sum() > 0
+    assert torch.equal(merged_logits[mask].argmax(-1)[clear], reference[mask].argmax(-1)[clear])
 
 
 def test_lora_merge_into_original_base(make_tiny_model, make_images, tmp_path):
@@ -105,3 +109,30 @@ def test_8bit_llm_keeps_tower_and_projector_unquantised(make_tiny_model, make_im
     with torch.no_grad():
         out = model(**batch, labels=labels)
     assert torch.isfinite(out.loss)
+
+
+def test_training_after_cpu_inference_has_correct_gradients(make_tiny_model, make_images):
+    """bitsandbytes repacks 4-bit weights for its CPU inference kernel (no autograd) on an eval-mode forward;
+    training afterwards must not run through that kernel."""
+
+    def lora_grads(evaluate_first: bool):
+        torch.manual_seed(0)
+        model, processor = make_tiny_model("llama", quantization="4bit", dtype=torch.float32,
+                                           lora=LoraSpec(r=8, alpha=16, dropout=0.0))
+        _randomise_lora(model)
+        batch, labels = _batch(processor, make_images)
+        if evaluate_first:
+            model.eval()
+            with torch.no_grad():
+                model(**batch)
+        model.train()
+        out = model(**batch, labels=labels)
+        out.loss.backward()
+        return out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    loss_a, grads_a = lora_grads(False)
+    loss_b, grads_b = lora_grads(True)
+    torch.testing.assert_close(loss_b, loss_a)
+    assert grads_a.keys() == grads_b.keys()
+    for name in grads_a:
+        torch.testing.assert_close(grads_b[name], grads_a[name], rtol=1e-4, atol=1e-6, msg=name)
