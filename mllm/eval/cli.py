@@ -1,0 +1,89 @@
+"""``llm2clip-llava eval``: one benchmark, one checkpoint, LLaVA-1.5's protocol (see docs/benchmarks.md)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .benchmarks import BENCHMARK_NAMES, BENCHMARKS, parse_options
+
+
+def _benchmark_help() -> str:
+    lines = ["benchmarks (--option KEY=VALUE):"]
+    for name, cls in BENCHMARKS.items():
+        opts = {k: v for k, v in cls.options().items() if k != "judge"}
+        shown = ", ".join(f"{k}={v}" for k, v in opts.items()) or "no options"
+        where = ("GPT-judged" if "judge" in cls.options() else
+                 "server-scored, local score where annotations exist" if cls.server_side else "scored locally")
+        lines.append(f"  {name:<11} {cls.display_name} ({where}; headline {cls.main_metric}); {shown}")
+    lines += ["", ("Expected files per benchmark: docs/benchmarks.md. Judged benchmarks (llavabench, mmvet) call "
+                   "an OpenAI-compatible endpoint only when OPENAI_API_KEY / OPENAI_BASE_URL are set.")]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="llm2clip-llava eval", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Evaluate a checkpoint on a benchmark: batched greedy decoding, a resumable prediction cache, "
+                    "official-equivalent scoring; writes predictions.jsonl, metrics.json, metrics.md and "
+                    "submission files.",
+        epilog=_benchmark_help())
+    p.add_argument("--model", default=None, help="checkpoint directory (default: the quickstart model)")
+    p.add_argument("--benchmark", required=True, metavar="NAME", help=f"one of: {', '.join(BENCHMARK_NAMES)}")
+    p.add_argument("--data", required=True, help="the benchmark's folder (or file) in its distributed layout")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="benchmark option, repeatable (e.g. use_ocr=false, splits=random,popular)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N items")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per generate call (default: 8)")
+    p.add_argument("--num-workers", type=int, default=2,
+                   help="DataLoader workers decoding images (default: 2; 0: in the main process)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="override every item's token budget")
+    p.add_argument("--output-dir", default=None,
+                   help="where results and the prediction cache go (default: eval_results/<model>/<benchmark>)")
+    p.add_argument("--label", default=None, help="run name shown by `compare` (default: the model folder's name)")
+    p.add_argument("--device", default=None, help="cuda, cuda:1, cpu ... (default: cuda when available)")
+    p.add_argument("--quantization", default="auto", choices=["auto", "none", "4bit", "8bit"],
+                   help="LLM quantisation (auto: as the checkpoint was trained, when bitsandbytes is present)")
+    p.add_argument("--dtype", default=None, choices=["auto", "fp32", "bf16", "fp16"],
+                   help="compute dtype (default: bf16 on CUDA, fp32 on CPU)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="discard predictions cached by a different model/options instead of refusing")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        options = parse_options(args.benchmark, args.option)
+    except ValueError as e:
+        print(f"llm2clip-llava eval: error: {e}", file=sys.stderr)
+        return 2
+    from .cache import CacheMismatchError
+    from .runner import EvalConfig, run_eval
+    from .types import BenchmarkDataError
+
+    config = EvalConfig(
+        benchmark=args.benchmark, data=args.data, model=args.model, options=options, output_dir=args.output_dir,
+        limit=args.limit, batch_size=args.batch_size, num_workers=args.num_workers,
+        max_new_tokens=args.max_new_tokens, device=args.device, quantization=args.quantization,
+        dtype=None if args.dtype == "auto" else args.dtype, label=args.label, overwrite=args.overwrite,
+        progress=not args.no_progress)
+    try:
+        run_eval(config)
+    except (BenchmarkDataError, CacheMismatchError, FileNotFoundError, ValueError) as e:
+        if args.verbose:
+            raise
+        print(f"llm2clip-llava eval: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished batches are cached; rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
