@@ -1,0 +1,1 @@
+"""The Gradio chat demo: `llm2clip-llava demo` (see `demo.app`)."""

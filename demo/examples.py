@@ -1,0 +1,36 @@
+"""Example images for the demo, drawn at startup by the quickstart's own scene renderer (no downloads).
+
+They are scenes of the synthetic shapes domain the quickstart checkpoint is trained on, with questions in
+the training data's wording, so the default demo has examples its default model can actually answer.
+"""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from mllm.quickstart.synthetic import SHORT_ANSWER_SUFFIX, Scene, SceneObject, ShapesConfig, render_scene
+
+# (file stem, objects as (shape, colour, size, cell), rows, question, short-answer question?)
+EXAMPLES = (
+    ("red-circle", [("circle", "red", "large", 0)], 1, "What color is the circle?", True),
+    ("blue-square", [("square", "blue", "large", 1)], 1, "What shape is the blue object?", True),
+    ("yellow-triangle", [("triangle", "yellow", "large", 1)], 1,
+     "Is the triangle on the left or the right side of the image?", True),
+    ("green-square", [("square", "green", "large", 0)], 1, "Is there a red circle in the image?", True),
+    ("two-shapes", [("circle", "blue", "large", 0), ("triangle", "red", "large", 1)], 1,
+     "Describe the image briefly.", False),
+)
+
+
+def make_examples(directory: str | Path, config: ShapesConfig | None = None) -> list[tuple[str, str]]:
+    """Draw the example scenes as PNGs into `directory`; return [(image path, question)] for `gr.Examples`."""
+    config = config or ShapesConfig()
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    out = []
+    for stem, objects, rows, question, short in EXAMPLES:
+        scene = Scene([SceneObject(shape, colour, size, cell) for shape, colour, size, cell in objects], rows)
+        path = directory / f"{stem}.png"
+        render_scene(config, scene, random.Random(f"demo/{stem}")).save(path)
+        out.append((str(path), question + (SHORT_ANSWER_SUFFIX if short else "")))
+    return out

@@ -1,0 +1,111 @@
+"""The page: header, image + preprocessing view, chat, controls; wired to `DemoBackend` handlers.
+
+Images come in through the message box (attach, paste or drop), which accepts any file so that a bad
+upload reaches our checks and gets its real reason in the chat (gradio's image widget rejects or decodes
+files itself first). Light events (send, stop, clear) skip the queue, so Stop works while every generation
+slot is busy; generations go through the queue, whose concurrency limit `app.py` sets.
+"""
+from __future__ import annotations
+
+import html
+
+import gradio as gr
+
+from mllm.chat.api import IMAGE_MODES
+
+from .handlers import DemoBackend, status_html
+
+MODE_INFO = {
+    "pad": "pad to a square of the mean colour, then resize (LLaVA-1.5)",
+    "crop": "resize the short side, centre-crop (CLIP)",
+    "resize": "stretch to a square",
+}
+CSS = """
+#header-facts td, #header-facts th { padding: 2px 10px 2px 0; font-size: 0.9em; }
+"""
+
+
+def header_html(info: dict) -> str:
+    """Title plus a facts table: model, LLM, tower, quantisation (as loaded), template, device."""
+    quant = info["quantization"]
+    if info["adapter"]:
+        quant += f" · {info['adapter']}"
+    rows = [
+        ("Model", info["model"]),
+        ("LLM", info["llm"]),
+        ("Vision tower", info["tower"]),
+        ("Quantisation", quant),
+        ("Template", info["template"]),
+        ("Compute", f"{info['dtype']} on {info['device']}"),
+        ("Image input", f"{info['image_size']}×{info['image_size']} px, {info['num_image_tokens']} tokens, "
+                        f"trained with {info['image_mode']}"),
+    ]
+    body = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
+    return f"<h2>llm2clip-llava chat</h2><table id='header-facts'>{body}</table>"
+
+
+def build_demo(backend: DemoBackend, examples: list[tuple[str, str]] | None = None,
+               image_mode: str | None = None) -> gr.Blocks:
+    """Build the Blocks app (not launched). `examples`: [(image path, question)]; `image_mode`: the
+    preprocessing selected at start (default: the one the model was trained with)."""
+    info = backend.bot.info()
+    trained = backend.bot.trained_image_mode
+    settings = backend.settings
+    with gr.Blocks(title="llm2clip-llava chat") as demo:
+        state = gr.State(None)
+        gr.HTML(header_html(info), elem_id="header")
+        with gr.Row():
+            with gr.Column(scale=3, min_width=360):
+                chatbot = gr.Chatbot(
+                    label="Chat", height=520, elem_id="chatbot", feedback_options=None, buttons=["copy"],
+                    group_consecutive_messages=False,
+                    placeholder="Attach an image with the clip (or paste or drop it on the message box), ask a "
+                                "question, press Enter.")
+                message = gr.MultimodalTextbox(
+                    placeholder="Ask about the image; attach, paste or drop an image here", show_label=False,
+                    label="Message", sources=["upload"], file_count="single", file_types=None, lines=1,
+                    max_lines=8, max_plain_text_length=100_000, elem_id="message")
+                status = gr.HTML(status_html(None), elem_id="status")
+                with gr.Row():
+                    stop = gr.Button("Stop", variant="stop", elem_id="stop")
+                    regenerate = gr.Button("Regenerate", elem_id="regenerate")
+                    clear = gr.Button("Clear", elem_id="clear")
+            with gr.Column(scale=2, min_width=280):
+                model_view = gr.Image(label="What the model sees", type="pil", interactive=False, height=240,
+                                      elem_id="model-view", buttons=["fullscreen"])
+                mode = gr.Radio(list(IMAGE_MODES), value=image_mode or trained, label="Image preprocessing",
+                                info=f"Trained with {trained}. " + "; ".join(f"{m}: {MODE_INFO[m]}" for m in IMAGE_MODES),
+                                elem_id="image-mode")
+                remove_image = gr.Button("Remove image", size="sm", elem_id="remove-image")
+                with gr.Accordion("Generation", open=True):
+                    temperature = gr.Slider(0.0, 2.0, value=settings.temperature, step=0.05, label="Temperature",
+                                            info="0 = greedy", elem_id="temperature")
+                    top_p = gr.Slider(0.05, 1.0, value=settings.top_p if settings.top_p is not None else 1.0,
+                                      step=0.05, label="Top-p", elem_id="top-p")
+                    max_new_tokens = gr.Slider(1, 2048, value=settings.max_new_tokens, step=1,
+                                               label="Max new tokens", elem_id="max-new-tokens")
+        if examples:
+            gr.Examples(examples=[[{"text": question, "files": [path]}] for path, question in examples],
+                        inputs=[message], label="Examples (synthetic scenes drawn by this project)",
+                        elem_id="examples")
+
+        generation_inputs = [mode, temperature, top_p, max_new_tokens, state]
+        fast = dict(queue=False, preprocess=False, show_progress="hidden")
+        generation_outputs = [chatbot, state, status]
+        streamed = dict(show_progress="minimal", show_progress_on=[chatbot])
+        message.submit(backend.submit, [message, mode, state], [chatbot, message, model_view, state, status],
+                       **fast).then(backend.generate, generation_inputs, generation_outputs, **streamed)
+        regenerate.click(backend.regenerate, [state], generation_outputs, **fast).then(
+            backend.generate, generation_inputs, generation_outputs, **streamed)
+        stop.click(backend.stop, [state], [state], **fast)
+        for trigger in (clear.click, chatbot.clear):  # our button and the chat's own bin icon
+            trigger(backend.clear, [state], [chatbot, message, state, status], **fast)
+        remove_image.click(backend.remove_image, [mode, state], [chatbot, model_view, state], **fast)
+        mode.change(backend.mode_changed, [mode, state], [chatbot, model_view, state], **fast)
+    return demo
+
+
+def theme() -> gr.themes.Base:
+    """The default look with system fonts: the page loads nothing from the internet."""
+    return gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                             font_mono=["ui-monospace", "SFMono-Regular", "monospace"])

@@ -1,0 +1,239 @@
+"""`llm2clip-llava chat`: talk about an image in the terminal, streaming the answers.
+
+Interactive by default; `--question` (repeatable) or questions piped on stdin make it a script step.
+Answers go to stdout, everything else (banner, notices, errors) to stderr, so output can be captured.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+from .api import IMAGE_MODES
+from .session import ChatSession, ChatStateError, Note
+
+SETTING_TYPES = {"temperature": float, "top_p": float, "top_k": int, "max_new_tokens": int,
+                 "repetition_penalty": float}
+COMMANDS_HELP = """commands:
+  /image PATH        use another image (starts a new conversation)
+  /noimage           continue without an image (starts a new conversation)
+  /reset             forget the conversation, keep the image
+  /mode MODE         image preprocessing: pad, crop or resize
+  /set NAME VALUE    generation setting: temperature (0 = greedy), top_p, top_k, max_new_tokens, repetition_penalty
+  /settings          show the current settings
+  /help              this text
+  /quit              leave (also Ctrl-D); Ctrl-C stops an answer being generated"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llm2clip-llava chat",
+        description="Chat about an image with a trained checkpoint, in the terminal. Answers stream as they are "
+                    "generated; the prompt uses the template the checkpoint was trained with.",
+        epilog=COMMANDS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--model", help="checkpoint directory (default: the quickstart checkpoint)")
+    parser.add_argument("--image", help="image to talk about (PNG, JPEG, ...); /image PATH changes it later")
+    parser.add_argument("--question", "-q", action="append", default=[],
+                        help="ask this and exit (repeat for a multi-turn script); questions piped on stdin work too")
+    parser.add_argument("--system", help="system prompt (default: the template's own)")
+    parser.add_argument("--mode", choices=IMAGE_MODES, help="image preprocessing (default: as trained)")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    parser.add_argument("--top-p", type=float, default=None)
+    parser.add_argument("--top-k", type=int, default=None)
+    parser.add_argument("--max-new-tokens", type=int, default=512)
+    parser.add_argument("--repetition-penalty", type=float, default=None)
+    parser.add_argument("--no-stream", action="store_true", help="print each answer when it is complete")
+    parser.add_argument("--quantization", default="auto", choices=("auto", "none", "4bit", "8bit"),
+                        help="auto = as trained (a QLoRA adapter runs on its 4-bit base when bitsandbytes is installed)")
+    parser.add_argument("--dtype", default=None, choices=("auto", "fp32", "bf16", "fp16"),
+                        help="compute dtype (default: bf16 on CUDA, fp32 on CPU)")
+    parser.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu (default: cuda if available)")
+    return parser
+
+
+class TerminalChat:
+    """The command loop: questions go to the session, lines starting with / are commands."""
+
+    def __init__(self, bot, session: ChatSession, settings, mode: str | None, stream: bool,
+                 out=None, err=None, answer_prefix: str = ""):
+        self.bot, self.session, self.settings, self.mode, self.stream = bot, session, settings, mode, stream
+        self.out, self.err = out or sys.stdout, err or sys.stderr
+        self.answer_prefix = answer_prefix
+        self.failures = 0
+
+    # ------------------------------------------------------------------ output
+    def say(self, text: str) -> None:
+        print(text, file=self.err, flush=True)
+
+    def _notes_since(self, start: int) -> None:
+        for item in self.session.items[start:]:
+            if isinstance(item, Note):
+                self.say(("error: " if item.kind == "error" else "") + item.text)
+
+    # ------------------------------------------------------------------ actions
+    def load_image(self, path: str | None) -> bool:
+        from .images import ImageLoadError, explain, open_image
+
+        start = len(self.session.items)
+        try:
+            if path is None:
+                self.session.set_image(None, "", "")
+            else:
+                image, key = open_image(path)
+                self.session.set_image(image, path, key)
+        except ImageLoadError as exc:
+            self.say("error: " + explain(exc, path))
+            return False
+        self._notes_since(start)
+        return True
+
+    def ask(self, question: str) -> None:
+        from .turn import run_turn
+
+        try:
+            exchange = self.session.ask(question)
+        except ChatStateError as exc:
+            self.say(f"error: {exc}")
+            return
+        start = len(self.session.items)
+        pieces = run_turn(self.bot, self.session, self.settings, self.mode)
+        if self.stream:
+            print(self.answer_prefix, end="", file=self.out, flush=True)
+        try:
+            for piece in pieces:
+                if self.stream:
+                    print(piece, end="", file=self.out, flush=True)
+        except KeyboardInterrupt:
+            self.session.request_stop()
+            for _ in pieces:  # drain: the worker ends after the current token
+                pass
+        if self.stream:
+            print(file=self.out, flush=True)
+        else:
+            print(self.answer_prefix + exchange.answer, file=self.out, flush=True)
+        if exchange.finish == "error":
+            self.failures += 1
+        self._notes_since(start)
+
+    def command(self, line: str) -> bool:
+        """Run a /command; False means quit."""
+        name, _, arg = line[1:].strip().partition(" ")
+        arg = arg.strip()
+        if name in ("quit", "exit", "q"):
+            return False
+        if name == "help":
+            self.say(COMMANDS_HELP)
+        elif name == "image":
+            if not arg:
+                self.say("usage: /image PATH")
+            else:
+                self.load_image(arg)
+        elif name == "noimage":
+            self.load_image(None)
+        elif name == "reset":
+            self.session.reset(keep_image=True)
+            self.say("Conversation reset" + (f"; still about {self.session.image.name}." if self.session.image else "."))
+        elif name == "mode":
+            if arg not in IMAGE_MODES:
+                self.say(f"usage: /mode {'|'.join(IMAGE_MODES)} (now {self.mode or self.bot.trained_image_mode})")
+            else:
+                self.mode = arg
+                self.say(f"Image preprocessing: {arg} (the model was trained with {self.bot.trained_image_mode}).")
+        elif name == "set":
+            self._set(arg)
+        elif name == "settings":
+            self.say(self.describe_settings())
+        else:
+            self.say(f"unknown command /{name}; /help lists the commands")
+        return True
+
+    def _set(self, arg: str) -> None:
+        key, _, value = arg.partition(" ")
+        key = key.replace("-", "_")
+        if key not in SETTING_TYPES or not value.strip():
+            self.say(f"usage: /set NAME VALUE with NAME one of {', '.join(SETTING_TYPES)}")
+            return
+        try:
+            self.settings = self.bot.settings(self.settings, **{key: SETTING_TYPES[key](value.strip())})
+        except (TypeError, ValueError) as exc:
+            self.say(f"error: {exc}")
+            return
+        self.say(self.describe_settings())
+
+    def describe_settings(self) -> str:
+        values = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(self.settings).items())
+        return f"{values}; image preprocessing {self.mode or self.bot.trained_image_mode}"
+
+    # ------------------------------------------------------------------ loop
+    def run(self, lines) -> None:
+        for line in lines:
+            line = line.strip()
+            if not line:
+                continue
+            if line.startswith("/"):
+                if not self.command(line):
+                    return
+            else:
+                self.ask(line)
+
+
+def _interactive_lines(prompt: str):
+    try:
+        import readline  # noqa: F401  (line editing and history for input())
+    except ImportError:
+        pass
+    while True:
+        try:
+            yield input(prompt)
+        except EOFError:
+            print(file=sys.stderr)
+            return
+        except KeyboardInterrupt:
+            print(file=sys.stderr)
+            return
+
+
+def banner(info: dict) -> str:
+    quant = info["quantization"] + (f", {info['adapter']}" if info["adapter"] else "")
+    return (f"model {info['model']}\n  LLM {info['llm']} | tower {info['tower']} | quantisation {quant} | "
+            f"{info['dtype']} on {info['device']} | template {info['template']} | image {info['image_mode']} "
+            f"{info['image_size']}px")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from ..generation import GenerationSettings
+    from .api import ChatModel
+
+    try:
+        settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                      top_p=args.top_p, top_k=args.top_k, repetition_penalty=args.repetition_penalty)
+        settings.kwargs()
+    except ValueError as exc:
+        print(f"llm2clip-llava chat: {exc}", file=sys.stderr)
+        return 2
+    try:
+        bot = ChatModel.from_pretrained(args.model, quantization=args.quantization, dtype=args.dtype,
+                                        device=args.device, settings=settings)
+    except Exception as exc:  # a missing/bad checkpoint: say which and why, no traceback
+        print(f"llm2clip-llava chat: cannot load the model: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    session = ChatSession(system=args.system)
+    chat = TerminalChat(bot, session, settings, args.mode, stream=not args.no_stream)
+    chat.say(banner(bot.info()))
+    if args.image and not chat.load_image(args.image):
+        return 1
+    if args.question:
+        chat.run(args.question)
+    elif sys.stdin.isatty():
+        chat.answer_prefix = "ASSISTANT: "
+        chat.say("Type a question, or /help for commands.")
+        chat.run(_interactive_lines("USER: "))
+    else:
+        chat.run(sys.stdin)
+    return 1 if chat.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""Images a person hands to the chat (a path typed in the terminal, an upload in the demo): decoded through
+`vision_tower.load_image`, identified by content, and explained in plain words when they cannot be used."""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from vision_tower import ImageLoadError, load_image
+from vision_tower.image_io import DEFAULT_MAX_PIXELS
+
+
+def content_key(path: str | os.PathLike) -> str:
+    """SHA-1 of the file's bytes: the same picture uploaded twice is the same image."""
+    digest = hashlib.sha1()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def open_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS):
+    """(RGB PIL image, content key) of the file at `path`; raises `ImageLoadError` (see `explain`)."""
+    image = load_image(path, max_pixels=max_pixels)
+    return image, content_key(path)
+
+
+def explain(error: ImageLoadError, name: str | None = None) -> str:
+    """One sentence per failure reason, naming the file (by `name`, e.g. the uploaded file's own name)."""
+    name = name or Path(error.path).name or error.path
+    detail = f" ({error.detail})" if error.detail else ""
+    if error.reason == "missing":
+        return f"Cannot use {name}: the file does not exist{detail}."
+    if error.reason == "empty":
+        return f"Cannot use {name}: the file is empty (0 bytes)."
+    if error.reason == "not_image":
+        return (f"Cannot use {name}: it is not an image{detail}. "
+                "Use a common image format such as PNG, JPEG, WebP, GIF, BMP or TIFF.")
+    if error.reason == "too_large":
+        return f"Cannot use {name}: the image is too large{detail}. Scale it down and try again."
+    return f"Cannot use {name}: the image could not be decoded, the file looks corrupt or truncated{detail}."
+
+
+__all__ = ["ImageLoadError", "content_key", "explain", "open_image"]
