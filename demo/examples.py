@@ -12,11 +12,11 @@ from mllm.quickstart.synthetic import SHORT_ANSWER_SUFFIX, Scene, SceneObject, S
 
 # (file stem, objects as (shape, colour, size, cell), rows, question, short-answer question?)
 EXAMPLES = (
-    ("red-circle", [("circle", "red", "large", 0)], 1, "What color is the circle?", True),
-    ("blue-square", [("square", "blue", "large", 1)], 1, "What shape is the blue object?", True),
+    ("red-circle", [("circle", "red", "large", 0)], 1, "What color is the object?", True),
+    ("blue-square", [("square", "blue", "large", 1)], 1, "What shape is the object?", True),
     ("yellow-triangle", [("triangle", "yellow", "large", 1)], 1,
-     "Is the triangle on the left or the right side of the image?", True),
-    ("green-square", [("square", "green", "large", 0)], 1, "Is there a red circle in the image?", True),
+     "Is the object on the left or the right side of the image?", True),
+    ("green-square", [("square", "green", "large", 0)], 1, "Is there a circle in the image?", True),
     ("two-shapes", [("circle", "blue", "large", 0), ("triangle", "red", "large", 1)], 1,
      "Describe the image briefly.", False),
 )

@@ -50,7 +50,8 @@ def save_spm_tokenizer(directory: str | Path, *, chat_template: str | None = Non
 
 def tiny_llm_config(family: str = "llama", *, vocab_size: int = 32000, hidden_size: int = 64, num_layers: int = 2,
                     num_heads: int = 4, num_kv_heads: int = 2, intermediate_size: int | None = None,
-                    max_position_embeddings: int = 4096, tie_word_embeddings: bool = False):
+                    max_position_embeddings: int = 4096, tie_word_embeddings: bool = False,
+                    initializer_range: float = 0.02):
     """A transformers config of `family` at toy size (BOS=1, EOS=2, as in the Llama SentencePiece vocab)."""
     from transformers import GemmaConfig, LlamaConfig, MistralConfig, Phi3Config, Qwen2Config
 
@@ -62,7 +63,7 @@ def tiny_llm_config(family: str = "llama", *, vocab_size: int = 32000, hidden_si
         vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size or 2 * hidden_size,
         num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
         max_position_embeddings=max_position_embeddings, bos_token_id=1, eos_token_id=2, pad_token_id=0,
-        tie_word_embeddings=tie_word_embeddings,
+        tie_word_embeddings=tie_word_embeddings, initializer_range=initializer_range,
     )
     if family == "gemma":
         kwargs["head_dim"] = hidden_size // num_heads

@@ -46,3 +46,23 @@ def tiny_llm_dirs(tmp_path_factory):
         return cache[family]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def quickstart_home(tmp_path_factory):
+    """The CI-sized quickstart, run once per session into a private LLM2CLIP_LLAVA_HOME.
+
+    Commands started with `env` (e.g. subprocesses of chat, demo, eval without --model) find its model as their
+    default, exactly as after a user's `llm2clip-llava quickstart`.
+    """
+    from types import SimpleNamespace
+
+    from mllm.paths import HOME_ENV
+    from mllm.quickstart.profiles import PROFILES
+    from mllm.quickstart.run import run_quickstart
+
+    home = tmp_path_factory.mktemp("llm2clip_home")
+    root = home / "quickstart"
+    report = run_quickstart(root, PROFILES["ci"], seed=0)
+    return SimpleNamespace(home=home, root=root, report=report, model_dir=root / "model",
+                           env={**os.environ, HOME_ENV: str(home)})

@@ -1,14 +1,11 @@
 """Demo fixtures: a tiny checkpoint, the demo served on loopback by the real command, and `quickstart_model`.
 
-`quickstart_model` is a STAND-IN until the quickstart run is wired in: it trains nothing and returns a tiny
-random checkpoint plus what that model actually answers, so the browser test checks the plumbing. The lead
-replaces the fixture body (keep its name and return shape) with the quickstart's checkpoint and held-out
-records: ``(model_dir, [(image_path, record["text"], record["answer"]), ...])``.
+`quickstart_model` serves the model trained by the CI-sized quickstart (tests/conftest.py `quickstart_home`) as
+the demo's default model, with held-out questions and their gold answers.
 """
 from __future__ import annotations
 
 import os
-import random
 import socket
 import subprocess
 import sys
@@ -45,23 +42,17 @@ def demo_bot(demo_checkpoint):
 
 
 @pytest.fixture(scope="session")
-def quickstart_model(demo_checkpoint, demo_bot, tmp_path_factory):
-    """(model_dir, [(image_path, question, expected_answer)]): held-out synthetic colour questions.
+def quickstart_model(quickstart_home):
+    """(None, [(image_path, question, expected_answer)]): held-out colour questions of the quickstart's model.
 
-    STAND-IN (see the module docstring): the expected answers are what the random model says, computed with
-    the API under `QUICKSTART_SETTINGS`, which is what the demo must then show in the browser.
+    None means "no --model": the demo must find the quickstart checkpoint by default (the servers get
+    `quickstart_home.env`). The questions are the first held-out colour questions, which the model never saw.
     """
-    from mllm.quickstart.synthetic import SHORT_ANSWER_SUFFIX, Scene, SceneObject, ShapesConfig, render_scene
+    import json
 
-    directory = tmp_path_factory.mktemp("quickstart_standin")
-    config = ShapesConfig()
-    cases = []
-    for colour, shape, cell in (("green", "square", 1), ("yellow", "triangle", 0)):
-        path = directory / f"{colour}-{shape}.png"
-        render_scene(config, Scene([SceneObject(shape, colour, "large", cell)], 1), random.Random(path.name)).save(path)
-        question = f"What color is the {shape}?{SHORT_ANSWER_SUFFIX}"
-        cases.append((str(path), question, demo_bot.chat(question, str(path), **QUICKSTART_SETTINGS)))
-    return demo_checkpoint, cases
+    records = json.loads((quickstart_home.root / "data" / "heldout.json").read_text())
+    picks = [r for r in records if r["category"] == "color"][:2]
+    return None, [(str(quickstart_home.root / "data" / r["image"]), r["text"], r["answer"]) for r in picks]
 
 
 def free_port() -> int:
@@ -73,14 +64,15 @@ def free_port() -> int:
 class DemoServer:
     """`llm2clip-llava demo` in a subprocess on a free loopback port; the log is kept for failure reports."""
 
-    def __init__(self, model_dir, *args: str, log_dir: Path):
+    def __init__(self, model_dir, *args: str, log_dir: Path, env: dict | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.log_path = log_dir / f"demo-{self.port}.log"
-        env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
+        env = {**(env or os.environ), "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
+        model_args = [] if model_dir is None else ["--model", str(model_dir)]  # None: the default (quickstart) model
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mllm.cli", "demo", "--model", str(model_dir), "--port", str(self.port), *args],
+            [sys.executable, "-m", "mllm.cli", "demo", *model_args, "--port", str(self.port), *args],
             cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 240) -> "DemoServer":

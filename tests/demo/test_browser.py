@@ -109,14 +109,15 @@ class DemoPage:
 
 
 @pytest.fixture(scope="module")
-def servers(demo_checkpoint, quickstart_model, tmp_path_factory):
+def servers(demo_checkpoint, quickstart_model, quickstart_home, tmp_path_factory):
     logs = tmp_path_factory.mktemp("demo_logs")
     model_dir, _ = quickstart_model
     started = [
         DemoServer(demo_checkpoint, "--temperature", "0", "--max-new-tokens", str(PLUMBING_MAX_NEW_TOKENS),
                    "--concurrency", "4", log_dir=logs),
         DemoServer(model_dir, "--temperature", str(QUICKSTART_SETTINGS["temperature"]),
-                   "--max-new-tokens", str(QUICKSTART_SETTINGS["max_new_tokens"]), log_dir=logs),
+                   "--max-new-tokens", str(QUICKSTART_SETTINGS["max_new_tokens"]), log_dir=logs,
+                   env=quickstart_home.env),
     ]
     try:
         yield [server.wait_ready() for server in started]  # both start at once; wait for each

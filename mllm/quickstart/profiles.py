@@ -1,0 +1,51 @@
+"""Sizes and step counts of the quickstart: `default` (the README's command) and `ci` (the test suite's)."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Profile:
+    # data (mllm.quickstart.synthetic.ShapesConfig)
+    image_size: int = 64
+    num_pretrain: int = 1500
+    num_train: int = 1500
+    num_heldout: int = 100
+    # tiny tower (EVA02 structure) and tiny Llama (real 32k SentencePiece vocabulary)
+    patch_size: int = 16
+    tower_width: int = 96
+    tower_depth: int = 4
+    tower_heads: int = 4
+    llm_width: int = 128
+    llm_depth: int = 3
+    llm_heads: int = 4
+    # stage 0 warm-ups (stand-ins for pretrained backbones)
+    tower_steps: int = 250
+    tower_batch: int = 64
+    tower_lr: float = 2e-3
+    lm_steps: int = 500
+    lm_batch: int = 32
+    lm_lr: float = 3e-3
+    # stage 1 (projector) and stage 2 (QLoRA), through the pretrain/finetune commands
+    stage1_steps: int = 200
+    stage1_batch: int = 32
+    stage1_lr: float = 1e-2
+    stage2_steps: int = 300
+    stage2_batch: int = 32
+    stage2_lr: float = 2e-3
+    stage2_projector_lr: float = 1e-3
+    lora_r: int = 16
+    lora_alpha: int = 32
+    eval_batch: int = 64
+
+    def replace(self, **changes) -> "Profile":
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+PROFILES = {
+    "default": Profile(),
+    # the CI test: same pipeline, fewer samples and steps (thresholds in the test scale with it)
+    "ci": Profile(num_pretrain=800, num_train=800, num_heldout=40, tower_steps=150, lm_steps=400, stage1_steps=150,
+                  stage2_steps=200),
+}
