@@ -24,7 +24,7 @@ sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).re
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SIZES = dict(hidden=256, layers=4, heads=8, kv_heads=4, vocab=32000, tower_width=256, tower_depth=6, tower_heads=4,
-             image=224, patch=14, batch=4, prompt_words=48, answer_words=24, new_tokens=32, gen_batch=8)
+             image=224, patch=14, batch=4, prompt_words=48, answer_words=24, new_tokens=128, gen_batch=8)
 
 
 class PeakRSS:

@@ -117,7 +117,8 @@ class Quickstart:
         p = self.profile
         save_spm_tokenizer(out / "tokenizer")
         save_tiny_llm(out / "llm", "llama", seed=self.seed, hidden_size=p.llm_width, num_layers=p.llm_depth,
-                      num_heads=p.llm_heads, num_kv_heads=p.llm_heads, intermediate_size=p.llm_width * 3)
+                      num_heads=p.llm_heads, num_kv_heads=p.llm_heads, intermediate_size=p.llm_width * 3,
+                      initializer_range=p.llm_init_std)
         save_tiny_tower(out / "tower", seed=self.seed, image_size=p.image_size, patch_size=p.patch_size,
                         hidden_size=p.tower_width, num_layers=p.tower_depth, num_heads=p.tower_heads,
                         intermediate_size=int(p.tower_width * 8 / 3))
