@@ -51,21 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phoning home from a local demo
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from mllm.chat.api import ChatModel
-    from mllm.generation import GenerationSettings
+    from mllm.chat.api import load_for_command
 
-    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
-    try:
-        settings.kwargs()
-    except ValueError as exc:
-        print(f"llm2clip-llava demo: {exc}", file=sys.stderr)
-        return 2
-    try:
-        bot = ChatModel.from_pretrained(args.model, quantization=args.quantization, dtype=args.dtype,
-                                        device=args.device, settings=settings)
-    except Exception as exc:
-        print(f"llm2clip-llava demo: cannot load the model: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+    bot, code = load_for_command("llm2clip-llava demo", args, max_new_tokens=args.max_new_tokens,
+                                 temperature=args.temperature, top_p=args.top_p)
+    if bot is None:
+        return code
+    settings = bot.default_settings
 
     from .examples import make_examples
     from .handlers import DemoBackend

@@ -216,6 +216,29 @@ class ChatModel:
                           stop_token_ids=self._stop_ids, stop_event=stop_event)
 
 
+def load_for_command(prog: str, args, **settings) -> tuple["ChatModel | None", int]:
+    """What `chat` and `demo` do first: check the generation flags, then load ``args.model``.
+
+    Returns (model, 0), or (None, exit code) after printing why to stderr: 2 for bad flags, 1 for a checkpoint
+    that cannot be loaded (which one and why, no traceback)."""
+    import sys
+
+    from ..generation import GenerationSettings
+
+    try:
+        generation = GenerationSettings(**settings)
+        generation.kwargs()
+    except ValueError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return None, 2
+    try:
+        return ChatModel.from_pretrained(args.model, quantization=args.quantization, dtype=args.dtype,
+                                         device=args.device, settings=generation), 0
+    except Exception as exc:  # a missing/bad checkpoint
+        print(f"{prog}: cannot load the model: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return None, 1
+
+
 def _join_parts(parts, embedded: list, turn: int) -> str:
     """HF/OpenAI-style content parts → text with `<image>` markers; images carried by parts go to `embedded`."""
     texts = []

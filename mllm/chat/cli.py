@@ -203,22 +203,14 @@ def banner(info: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from ..generation import GenerationSettings
-    from .api import ChatModel
+    from .api import load_for_command
 
-    try:
-        settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                      top_p=args.top_p, top_k=args.top_k, repetition_penalty=args.repetition_penalty)
-        settings.kwargs()
-    except ValueError as exc:
-        print(f"llm2clip-llava chat: {exc}", file=sys.stderr)
-        return 2
-    try:
-        bot = ChatModel.from_pretrained(args.model, quantization=args.quantization, dtype=args.dtype,
-                                        device=args.device, settings=settings)
-    except Exception as exc:  # a missing/bad checkpoint: say which and why, no traceback
-        print(f"llm2clip-llava chat: cannot load the model: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+    bot, code = load_for_command("llm2clip-llava chat", args, max_new_tokens=args.max_new_tokens,
+                                 temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                                 repetition_penalty=args.repetition_penalty)
+    if bot is None:
+        return code
+    settings = bot.default_settings
     session = ChatSession(system=args.system)
     chat = TerminalChat(bot, session, settings, args.mode, stream=not args.no_stream)
     chat.say(banner(bot.info()))

@@ -20,9 +20,8 @@ from pathlib import Path
 
 from ..io import first_existing, read_json, require_keys, write_json
 from ..scorers.vqa import evalai_normalize, vizwiz_accuracy
-from ..types import (SHORT_ANSWER, Benchmark, BenchmarkDataError, EvalItem, ScoreResult, gather_predictions,
-                     prompt_with_image)
-from .vqav2 import vqa_accuracy_report
+from ..types import SHORT_ANSWER, Benchmark, BenchmarkDataError, EvalItem, ScoreResult, prompt_with_image
+from .vqav2 import score_vqa_style
 
 UNANSWERABLE_HINT = "When the provided information is insufficient, respond with 'Unanswerable'."
 
@@ -64,15 +63,8 @@ class VizWiz(Benchmark):
         return items
 
     def score(self, items: Sequence[EvalItem], predictions: Mapping[str, str]) -> ScoreResult:
-        notes: list[str] = []
-        texts = gather_predictions(items, predictions, notes)
-        if any(it.target is None for it in items):
-            notes.append(f"no answers in split {self.split}: scored by the EvalAI server; "
-                         "upload the file written by write_submission")
-            return self._result({"accuracy": None}, {}, notes, len(items))
-        answers = [evalai_normalize(t) for t in texts]
-        metrics, per_sample = vqa_accuracy_report(items, answers, vizwiz_accuracy, notes)
-        return self._result(metrics, per_sample, notes, len(items))
+        metrics, per_sample, notes = score_vqa_style(items, predictions, vizwiz_accuracy, self.split)
+        return self._result(metrics or {"accuracy": None}, per_sample, notes, len(items))
 
     def write_submission(self, items, predictions, out_dir) -> list[Path]:
         rows = [{"image": it.meta["image"],

@@ -33,6 +33,19 @@ def coco_image(image_dir: Path, subtype: str, image_id: int) -> str:
     return str(path)
 
 
+def score_vqa_style(items: Sequence[EvalItem], predictions: Mapping[str, str], score_fn, split: str):
+    """VQAv2 and VizWiz: EvalAI-normalised answers scored by ``score_fn``, or (None, {}, notes) when the split
+    has no answers (test splits are scored by the EvalAI server). Returns (metrics, per_sample, notes)."""
+    notes: list[str] = []
+    texts = gather_predictions(items, predictions, notes)
+    if any(it.target is None for it in items):
+        notes.append(f"no answers for split {split}: scored by the EvalAI server; "
+                     "upload the file written by write_submission")
+        return None, {}, notes
+    metrics, per_sample = vqa_accuracy_report(items, [evalai_normalize(t) for t in texts], score_fn, notes)
+    return metrics, per_sample, notes
+
+
 def vqa_accuracy_report(items: Sequence[EvalItem], answers: Sequence[str], score_fn, notes: list[str]):
     """Per-sample scores and overall / per-answer-type accuracy (percent) for VQA-style targets."""
     per_sample, accs, by_type = {}, [], defaultdict(list)
@@ -94,14 +107,9 @@ class VQAv2(Benchmark):
         return items
 
     def score(self, items: Sequence[EvalItem], predictions: Mapping[str, str]) -> ScoreResult:
-        notes: list[str] = []
-        texts = gather_predictions(items, predictions, notes)
-        if any(it.target is None for it in items):
-            notes.append(f"no annotations for split {self.split}: scored by the EvalAI server; "
-                         "upload the file written by write_submission")
+        metrics, per_sample, notes = score_vqa_style(items, predictions, vqa_eval_accuracy, self.split)
+        if metrics is None:
             return self._result({"accuracy": None}, {}, notes, len(items))
-        answers = [evalai_normalize(t) for t in texts]
-        metrics, per_sample = vqa_accuracy_report(items, answers, vqa_eval_accuracy, notes)
         by_qtype = defaultdict(list)
         for it in items:
             by_qtype[it.target.get("question_type")].append(per_sample[it.question_id]["score"])
