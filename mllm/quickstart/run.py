@@ -228,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("httpx", "urllib3", "PIL", "transformers", "vision_tower"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # bitsandbytes warns at import that its optional hub kernel (`kernels`) is absent; we do not use that kernel
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     profile = PROFILES[args.profile].replace(**{k: getattr(args, k) for k in (
         "num_pretrain", "num_train", "num_heldout", "tower_steps", "lm_steps", "stage1_steps", "stage2_steps")})
     root = args.output_dir or quickstart_dir()
