@@ -10,6 +10,7 @@ decode back to the responses is rejected with a reason (:class:`TemplateError`),
 """
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass, field
 
 from .constants import IGNORE_INDEX, IMAGE_TOKEN
@@ -106,13 +107,14 @@ class Rendered:
     add_bos: bool = False  # prepend the tokenizer's BOS id (templates whose text does not carry it)
 
 
-class Template:
+class Template(abc.ABC):
     """Base class: subclasses render a :class:`Conversation` and say where the responses are."""
 
     name = "base"
 
+    @abc.abstractmethod
     def render(self, conv: Conversation, tokenizer=None, add_generation_prompt: bool = False) -> Rendered:
-        raise NotImplementedError
+        """The prompt text and the character spans of the supervised responses."""
 
     def check(self, tokenizer) -> None:
         """Raise ``ValueError`` now if this template cannot work with ``tokenizer`` (not per sample later)."""

@@ -6,7 +6,8 @@ Nothing in ``mllm`` imports this module: lmms-eval stays optional. Without lmms-
 on objects shaped like its ``Instance`` (``.args``), which is how its request handling is tested offline.
 
 Requests: ``generate_until`` decodes with the checkpoint's own template through ``generate_text`` (batched,
-left-padded, grouped by generation kwargs), then cuts the answer at the first ``until`` string.
+left-padded, grouped by generation kwargs), then cuts the answer at the first ``until`` string;
+``generate_until_multi_round`` does the same round after round, as the task's ``doc_to_text`` directs.
 ``loglikelihood`` scores the continuation's tokens after the same templated prompt generation sees (an empty
 context, as in unconditional multiple-choice requests, is scored after BOS alone, without a template) and
 returns ``(value, whether greedy decoding would produce exactly those tokens)``. lmms-eval's
@@ -30,6 +31,7 @@ except ImportError:  # pragma: no cover - exercised when lmms-eval is absent
 
 MODEL_ID = "llm2clip_llava"
 CLASS_PATH = "mllm.eval.lmms_adapter.LLM2CLIPLlava"
+MAX_ROUNDS = 64  # a multi-round task whose doc_to_text never says "done" fails instead of looping forever
 _KNOWN_GEN_KWARGS = {"until", "max_new_tokens", "temperature", "top_p", "top_k", "do_sample", "num_beams"}
 log = logging.getLogger(__name__)
 
@@ -113,29 +115,36 @@ class LLM2CLIPLlava(_LmmsBase):
     # ------------------------------------------------------------------ request parts
     def _visuals(self, doc_to_visual, task, split, doc_id) -> list:
         """The request's images as RGB PIL images (lmms-eval hands PIL images, sometimes paths)."""
+        if doc_to_visual is None:
+            return []
+        return self._load_visuals(doc_to_visual(self._doc(task, split, doc_id)), f"{task} doc {doc_id}")
+
+    def _doc(self, task, split, doc_id):
+        try:
+            return self.task_dict[task][split][doc_id]
+        except (KeyError, IndexError, TypeError) as e:
+            raise KeyError(f"no document {task}/{split}/{doc_id} in task_dict (set by lmms-eval's evaluator)") from e
+
+    @staticmethod
+    def _load_visuals(visuals, where: str) -> list:
+        """Images, paths or bytes (possibly nested one level, possibly None) -> RGB PIL images."""
         from PIL import Image
 
         from vision_tower import ImageLoadError, load_image
 
-        if doc_to_visual is None:
-            return []
-        try:
-            doc = self.task_dict[task][split][doc_id]
-        except (KeyError, IndexError, TypeError) as e:
-            raise KeyError(f"no document {task}/{split}/{doc_id} in task_dict (set by lmms-eval's evaluator)") from e
-        visuals = doc_to_visual(doc) or []
+        visuals = visuals or []
         if not isinstance(visuals, (list, tuple)):
             visuals = [visuals]
         flat = [v for sub in visuals for v in (sub if isinstance(sub, (list, tuple)) else [sub])]
         images = []
         for v in flat:
             if not isinstance(v, (Image.Image, str, os.PathLike, bytes)):
-                raise ValueError(f"{task} doc {doc_id}: visual of type {type(v).__name__} is not an image; "
+                raise ValueError(f"{where}: visual of type {type(v).__name__} is not an image; "
                                  "llm2clip_llava reads images only (no video or audio)")
             try:
                 images.append(load_image(v))
             except ImageLoadError as e:
-                raise ValueError(f"{task} doc {doc_id}: cannot use visual {str(v)[:120]!r} ({e}); "
+                raise ValueError(f"{where}: cannot use visual {str(v)[:120]!r} ({e}); "
                                  "llm2clip_llava reads images only (no video or audio)") from e
         return images
 
@@ -161,8 +170,8 @@ class LLM2CLIPLlava(_LmmsBase):
         if not isinstance(until, (list, tuple)) or not all(isinstance(u, str) for u in until):
             raise ValueError(f"gen_kwargs['until'] must be a string or a list of strings, got {until!r}")
         if int(gen_kwargs.get("num_beams") or 1) > 1:
-            raise NotImplementedError("llm2clip_llava decodes greedily (or samples with temperature > 0); "
-                                      f"num_beams={gen_kwargs['num_beams']} is not supported")
+            raise ValueError("llm2clip_llava decodes greedily (or samples with temperature > 0); "
+                             f"num_beams={gen_kwargs['num_beams']} is not supported")
         ignored = sorted(set(gen_kwargs) - _KNOWN_GEN_KWARGS - self._warned)
         if ignored:
             self._warned.update(ignored)
@@ -183,30 +192,41 @@ class LLM2CLIPLlava(_LmmsBase):
         return tqdm(total=total, disable=self.rank != 0, desc=desc)
 
     # ------------------------------------------------------------------ lmms-eval API
-    def generate_until(self, requests) -> list[str]:
+    def _generate(self, prompts: list[tuple[str, list, str]], settings, until: list[str]) -> list[str]:
+        """(context, images, where) -> answers cut at the first ``until`` string, in batches of batch_size."""
         from ..generation import generate_text
 
-        results: list[str | None] = [None] * len(requests)
+        texts: list[str] = []
+        for start in range(0, len(prompts), self.batch_size):
+            chunk = prompts[start:start + self.batch_size]
+            convs = [[{"from": "human", "value": self._prompt(context, len(images), where)}]
+                     for context, images, where in chunk]
+            for text in generate_text(self.model, self.processor, convs, [images for _, images, _ in chunk], settings):
+                for stop in until:
+                    text = text.split(stop)[0]
+                texts.append(text)
+        return texts
+
+    @staticmethod
+    def _group_by_gen_kwargs(requests) -> list[list[int]]:
+        """Request indices grouped by generation kwargs (one setting per batch), longest context first."""
         groups: dict[str, list[int]] = {}
         for i, req in enumerate(requests):
             groups.setdefault(json.dumps(req.args[1], sort_keys=True, default=str), []).append(i)
+        return [sorted(g, key=lambda i: -len(requests[i].args[0])) for g in groups.values()]  # OOM shows early
+
+    def generate_until(self, requests) -> list[str]:
+        results: list[str | None] = [None] * len(requests)
         bar = self._progress(len(requests), "llm2clip_llava generate")
-        for indices in groups.values():
-            settings, until = self._settings(requests[indices[0]].args[1])
-            indices = sorted(indices, key=lambda i: -len(requests[i].args[0]))  # longest first: OOM shows early
-            for start in range(0, len(indices), self.batch_size):
-                chunk = indices[start:start + self.batch_size]
-                convs, images = [], []
+        for group in self._group_by_gen_kwargs(requests):
+            settings, until = self._settings(requests[group[0]].args[1])
+            for start in range(0, len(group), self.batch_size):
+                chunk = group[start:start + self.batch_size]
+                prompts = []
                 for i in chunk:
                     context, _, doc_to_visual, doc_id, task, split = requests[i].args
-                    visuals = self._visuals(doc_to_visual, task, split, doc_id)
-                    prompt = self._prompt(context, len(visuals), f"{task} doc {doc_id}")
-                    convs.append([{"from": "human", "value": prompt}])
-                    images.append(visuals)
-                texts = generate_text(self.model, self.processor, convs, images, settings)
-                for i, text in zip(chunk, texts):
-                    for stop in until:
-                        text = text.split(stop)[0]
+                    prompts.append((context, self._visuals(doc_to_visual, task, split, doc_id), f"{task} doc {doc_id}"))
+                for i, text in zip(chunk, self._generate(prompts, settings, until)):
                     results[i] = text
                     self.cache_hook.add_partial("generate_until", (requests[i].args[0], requests[i].args[1]), text)
                 bar.update(len(chunk))
@@ -274,6 +294,52 @@ class LLM2CLIPLlava(_LmmsBase):
             out[i] = (total if self.ll_format == "logprob" else -total, bool((logprobs.argmax(-1) == cont).all()))
         return out
 
-    def generate_until_multi_round(self, requests) -> list[str]:
-        raise NotImplementedError("llm2clip_llava does not implement generate_until_multi_round (multi-round "
-                                  "tasks); use single-turn generate_until tasks")
+    def generate_until_multi_round(self, requests) -> list[list[str]]:
+        """lmms-eval's multi-round protocol (e.g. MMSearch end-to-end): round 0 answers the request's context
+        with its ``doc_to_visual`` images; after each round the task's ``doc_to_text(doc, previous_output=...,
+        round_idx=..., previous_round_info=...)`` returns (visuals, context, done, round results, info) for the
+        next one. Each request ends with its list of round answers, which the task's ``process_results`` reads.
+        Requests still running are batched together round by round."""
+        results: list[list[str] | None] = [None] * len(requests)
+        bar = self._progress(len(requests), "llm2clip_llava multi-round")
+        for group in self._group_by_gen_kwargs(requests):
+            settings, until = self._settings(requests[group[0]].args[1])
+            state = {}
+            for i in group:
+                context, _, doc_to_visual, _, doc_id, task, split = requests[i].args
+                state[i] = {"context": context, "images": self._visuals(doc_to_visual, task, split, doc_id),
+                            "answers": [], "info": None}
+            round_idx = 0
+            while state:
+                if round_idx >= MAX_ROUNDS:
+                    stuck = ", ".join(self._where(requests[i], round_idx) for i in list(state)[:3])
+                    raise RuntimeError(f"doc_to_text never signalled the end after {MAX_ROUNDS} rounds ({stuck})")
+                active = list(state)
+                prompts = [(state[i]["context"], state[i]["images"], self._where(requests[i], round_idx))
+                           for i in active]
+                for i, text in zip(active, self._generate(prompts, settings, until)):
+                    state[i]["answers"].append(text)
+                round_idx += 1
+                for i in active:
+                    _, _, _, doc_to_text, doc_id, task, split = requests[i].args
+                    st = state[i]
+                    visuals, context, done, answers, st["info"] = doc_to_text(
+                        self._doc(task, split, doc_id), previous_output=list(st["answers"]), round_idx=round_idx,
+                        previous_round_info=st["info"])
+                    st["answers"] = list(answers) if answers is not None else st["answers"]
+                    if done:
+                        results[i] = st["answers"]
+                        self.cache_hook.add_partial("generate_until_multi_round",
+                                                    (requests[i].args[0], requests[i].args[1]), st["answers"])
+                        del state[i]
+                        bar.update(1)
+                    else:
+                        st["context"] = context
+                        st["images"] = self._load_visuals(visuals, self._where(requests[i], round_idx))
+        bar.close()
+        return results  # type: ignore[return-value]
+
+    @staticmethod
+    def _where(request, round_idx: int) -> str:
+        *_, doc_id, task, _ = request.args
+        return f"{task} doc {doc_id} round {round_idx}"

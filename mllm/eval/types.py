@@ -7,6 +7,7 @@ into a ``ScoreResult``. The runner never looks inside ``target``/``meta``; it on
 """
 from __future__ import annotations
 
+import abc
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -83,7 +84,7 @@ def prompt_with_image(text: str, n_images: int = 1) -> str:
     return f"{IMAGE_TOKEN}\n" * n_images + text
 
 
-class Benchmark:
+class Benchmark(abc.ABC):
     """Base class of a benchmark reader + scorer. Subclasses are dataclasses whose fields are the options.
 
     ``name`` is the registry key, ``main_metric`` the metrics key of the headline number and
@@ -96,11 +97,13 @@ class Benchmark:
     main_metric: ClassVar[str] = "accuracy"
     server_side: ClassVar[bool] = False
 
+    @abc.abstractmethod
     def load(self) -> list[EvalItem]:
-        raise NotImplementedError
+        """Read the benchmark's files into items (raise BenchmarkDataError naming what is wrong)."""
 
+    @abc.abstractmethod
     def score(self, items: Sequence[EvalItem], predictions: Mapping[str, str]) -> ScoreResult:
-        raise NotImplementedError
+        """Score predictions (question_id -> text) exactly as the official code does."""
 
     def write_submission(self, items: Sequence[EvalItem], predictions: Mapping[str, str],
                          out_dir: str | Path) -> list[Path]:

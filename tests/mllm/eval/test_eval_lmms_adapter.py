@@ -103,7 +103,7 @@ def test_bad_requests_are_named(adapter, make_request):
     def req(context, kwargs, visual=doc_to_visual):
         return make_request("generate_until", (context, kwargs, visual, 0, TASK, SPLIT))
 
-    with pytest.raises(NotImplementedError, match="num_beams=3 is not supported"):
+    with pytest.raises(ValueError, match="num_beams=3 is not supported"):
         adapter.generate_until([req("q", {"num_beams": 3})])
     with pytest.raises(ValueError, match="until"):
         adapter.generate_until([req("q", {"until": 5})])
@@ -113,10 +113,54 @@ def test_bad_requests_are_named(adapter, make_request):
         adapter.generate_until([req("q", {}, lambda doc: ["/videos/clip.mp4"])])
     with pytest.raises(ValueError, match="reads images only"):
         adapter.generate_until([req("q", {}, lambda doc: [{"array": [0.0], "sampling_rate": 16000}])])
-    with pytest.raises(NotImplementedError, match="multi_round"):
-        adapter.generate_until_multi_round([])
+    assert adapter.generate_until_multi_round([]) == []
     with pytest.raises(TypeError, match="unknown model_args"):
         LLM2CLIPLlava(pretrained="/nowhere", use_flash_attention_2=True)
+
+
+def test_multi_round_follows_doc_to_text_and_equals_direct_generation(adapter, make_request):
+    """Round 0 answers the context with doc_to_visual's image; later rounds take doc_to_text's context and
+    images; each request ends with its round answers; requests of different lengths batch together."""
+    docs = adapter.task_dict[TASK][SPLIT]
+    calls = []
+
+    def doc_to_text(doc, lmms_eval_specific_kwargs=None, previous_output=None, round_idx=None,
+                    previous_round_info=None):
+        rounds = 1 + docs.index(doc) % 3  # doc 0: one round, doc 1: two, doc 2: three
+        calls.append((docs.index(doc), round_idx, list(previous_output), previous_round_info))
+        if round_idx >= rounds:
+            return None, None, True, previous_output, None
+        other = docs[(docs.index(doc) + round_idx) % len(docs)]
+        return [other["image"]], f"Round {round_idx}: {other['question']}", False, previous_output, {"r": round_idx}
+
+    kwargs = {"max_new_tokens": 5, "temperature": 0, "until": []}
+    reqs = [make_request("generate_until_multi_round", (docs[i]["question"], kwargs, doc_to_visual, doc_to_text,
+                                                        i, TASK, SPLIT), i) for i in range(3)]
+    out = adapter.generate_until_multi_round(reqs)
+    assert [len(answers) for answers in out] == [1, 2, 3]
+    for i, answers in enumerate(out):
+        assert answers[0] == _direct(adapter, f"<image>\n{docs[i]['question']}", docs[i]["image"])
+        for r in range(1, len(answers)):
+            other = docs[(i + r) % len(docs)]
+            assert answers[r] == _direct(adapter, f"<image>\nRound {r}: {other['question']}", other["image"])
+    # doc_to_text saw every earlier answer and its own round info back
+    assert (2, 2, out[2][:2], {"r": 1}) in calls and (0, 1, out[0][:1], None) in calls
+
+
+def test_multi_round_that_never_ends_is_stopped(adapter, make_request, monkeypatch):
+    import mllm.eval.lmms_adapter as mod
+
+    monkeypatch.setattr(mod, "MAX_ROUNDS", 3)
+    docs = adapter.task_dict[TASK][SPLIT]
+
+    def forever(doc, previous_output=None, round_idx=None, previous_round_info=None, **_):
+        return [], "again", False, previous_output, None
+
+    req = make_request("generate_until_multi_round", ("q", {"max_new_tokens": 2}, doc_to_visual, forever, 0, TASK,
+                                                       SPLIT))
+    with pytest.raises(RuntimeError, match="never signalled the end after 3 rounds"):
+        adapter.generate_until_multi_round([req])
+    assert docs  # the task data is untouched
 
 
 def _independent_logprob(adapter, context, continuation, image):
