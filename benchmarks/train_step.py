@@ -58,19 +58,16 @@ def _build_ours(workdir: Path, s: dict, device: str):
     import torch
 
     from mllm import TowerSpec, build_model
-    from mllm.tiny import save_spm_tokenizer, tiny_tower_config
-    from vision_tower import build_vision_tower
+    from mllm.tiny import save_spm_tokenizer, save_tiny_tower
 
     tok_dir = workdir / "tok"
     if not tok_dir.exists():
         save_spm_tokenizer(tok_dir)
     tower_dir = workdir / "tower"
     if not tower_dir.exists():
-        torch.manual_seed(0)
-        cfg = tiny_tower_config(image_size=s["image"], patch_size=s["patch"], hidden_size=s["tower_width"],
-                                num_layers=s["tower_depth"], num_heads=s["tower_heads"],
-                                intermediate_size=int(s["tower_width"] * 8 / 3))
-        build_vision_tower(cfg).save_pretrained(tower_dir)
+        save_tiny_tower(tower_dir, seed=0, image_size=s["image"], patch_size=s["patch"], hidden_size=s["tower_width"],
+                        num_layers=s["tower_depth"], num_heads=s["tower_heads"],
+                        intermediate_size=int(s["tower_width"] * 8 / 3))
     from transformers import AutoTokenizer
 
     model, processor = build_model(str(workdir / "llm"), tower=TowerSpec(checkpoint=str(tower_dir), config=None, name="bench"),

@@ -90,8 +90,7 @@ class DemoBackend:
         whole pixels (nearest neighbour) to at least `VIEW_SIZE` so small tower inputs stay visible."""
         if session is None or session.image is None:
             return None
-        pixels = self.bot.processor_for(mode).image_processor.prepare(session.image.image)
-        view = Image.fromarray(pixels.permute(1, 2, 0).contiguous().numpy(), "RGB")
+        view = self.bot.processor_for(mode).image_processor.prepare_image(session.image.image)
         factor = max(1, -(-VIEW_SIZE // view.width))
         return view.resize((view.width * factor, view.height * factor), Image.Resampling.NEAREST)
 

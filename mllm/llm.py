@@ -108,14 +108,12 @@ def keep_cpu_4bit_trainable(model: nn.Module) -> int:
     return count
 
 
-def apply_lora(llm: nn.Module, spec: LoraSpec, *, gradient_checkpointing: bool = False) -> nn.Module:
+def apply_lora(llm: nn.Module, spec: LoraSpec) -> nn.Module:
     """Wrap the LLM with trainable LoRA adapters (peft). The base weights are frozen."""
     from peft import LoraConfig, get_peft_model
 
     for param in llm.parameters():
         param.requires_grad_(False)
-    if gradient_checkpointing:
-        enable_gradient_checkpointing(llm)
     config = LoraConfig(
         r=spec.r,
         lora_alpha=spec.alpha,

@@ -37,8 +37,7 @@ def merge_checkpoint(checkpoint: str | Path, output: str | Path, *, dtype: str =
     if base == "dequantized":
         if manifest.quantization != "4bit":
             raise ValueError("--base dequantized applies to checkpoints trained on a 4-bit base (QLoRA)")
-        compute = torch.float32 if not torch.cuda.is_available() else torch.bfloat16
-        llm = load_llm(llm_source, quantization="4bit", dtype=compute)
+        llm = load_llm(llm_source, quantization="4bit", dtype=None)  # the compute dtype training used
         llm = llm.dequantize(dtype=target_dtype)
     else:
         llm = load_llm(llm_source, quantization=None, dtype=target_dtype)

@@ -27,7 +27,6 @@ class MLLMOutput:
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None  # [B, L, V], only when asked for (return_logits=True)
     num_label_tokens: int = 0  # labelled positions that entered the loss (for exact gradient accumulation)
-    past_key_values: object | None = None
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -69,10 +68,8 @@ class MLLM(nn.Module):
     # ------------------------------------------------------------------ images
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """[N, 3, H, W] → projected features [N, num_image_tokens, d_llm]."""
-        tower_trainable = any(p.requires_grad for p in self.vision_tower.parameters())
-        tower_dtype = next(self.vision_tower.parameters()).dtype
-        pixel_values = pixel_values.to(device=self.device, dtype=tower_dtype)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and tower_trainable):
+        pixel_values = pixel_values.to(self.device)  # the tower casts to its own dtype
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.vision_tower.trainable):
             features = self.vision_tower(pixel_values)
         proj_dtype = next(self.projector.parameters(), features).dtype
         return self.projector(features.to(proj_dtype))
@@ -185,10 +182,5 @@ class MLLM(nn.Module):
     # ------------------------------------------------------------------ training helpers
     def trainable_parameters(self) -> dict[str, list[nn.Parameter]]:
         """Trainable parameters grouped for optimizers that give the projector its own learning rate."""
-        groups: dict[str, list[nn.Parameter]] = {"projector": [], "llm": [], "vision_tower": []}
-        for name, part in (("projector", self.projector), ("llm", self.llm), ("vision_tower", self.vision_tower)):
-            groups[name] = [p for p in part.parameters() if p.requires_grad]
-        return groups
-
-    def num_parameters(self, trainable_only: bool = False) -> int:
-        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+        parts = {"projector": self.projector, "llm": self.llm, "vision_tower": self.vision_tower}
+        return {name: [p for p in part.parameters() if p.requires_grad] for name, part in parts.items()}

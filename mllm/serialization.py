@@ -16,7 +16,7 @@ from projector import load_projector, save_projector
 
 from .builder import image_processor_for, load_tokenizer, load_tower
 from .config import MLLMConfig
-from .llm import load_llm, resolve_dtype
+from .llm import base_causal_lm, load_llm, resolve_dtype
 from .modeling import MLLM
 from .processor import MLLMProcessor
 
@@ -25,10 +25,6 @@ logger = logging.getLogger(__name__)
 
 def _is_peft(llm) -> bool:
     return hasattr(llm, "peft_config")
-
-
-def _tower_was_trained(model: MLLM) -> bool:
-    return any(p.requires_grad for p in model.vision_tower.parameters())
 
 
 def save_pretrained(
@@ -60,11 +56,10 @@ def save_pretrained(
     if save_llm:
         if getattr(llm, "is_loaded_in_4bit", False) or getattr(llm, "is_loaded_in_8bit", False):
             raise ValueError("refusing to save quantised LLM weights as the model: merge into a bf16 copy instead")
-        target = llm.get_base_model() if _is_peft(llm) else llm
-        target.save_pretrained(directory / "llm", safe_serialization=True)
+        base_causal_lm(llm).save_pretrained(directory / "llm", safe_serialization=True)
         contents["llm"] = "llm"
     if save_tower is None:
-        save_tower = _tower_was_trained(model) or config.tower.checkpoint is None
+        save_tower = model.vision_tower.trainable or config.tower.checkpoint is None
     if save_tower:
         model.vision_tower.save_pretrained(directory / "vision_tower")
         contents["vision_tower"] = "vision_tower"

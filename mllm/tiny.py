@@ -67,8 +67,6 @@ def tiny_llm_config(family: str = "llama", *, vocab_size: int = 32000, hidden_si
     )
     if family == "gemma":
         kwargs["head_dim"] = hidden_size // num_heads
-    if family == "phi3":
-        kwargs["pad_token_id"] = 0
     return classes[family](**kwargs)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -37,8 +37,8 @@ class ProjectorConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ProjectorConfig":
-        known = {k: data[k] for k in ("projector_type", "in_features", "out_features", "tower", "extra") if k in data}
-        return cls(**known)
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
 
 
 def _validate_type(projector_type: str) -> None:

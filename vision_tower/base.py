@@ -34,7 +34,6 @@ class VisionTower(nn.Module):
     def __init__(self, config: VisionTowerConfig, *, select_layer: int = -2, select_feature: str = "patch"):
         super().__init__()
         self.config = config
-        self._select_layer = 0
         self.select_layer = select_layer
         self.select_feature = select_feature
         self._frozen = False
@@ -169,6 +168,11 @@ class VisionTower(nn.Module):
             raise TypeError(f"pixel_values must be a float tensor (normalised), got {pixel_values.dtype}")
 
     # ------------------------------------------------------------------ training controls
+    @property
+    def trainable(self) -> bool:
+        """Whether any parameter needs grad (after `unfreeze`, or set by hand)."""
+        return any(p.requires_grad for p in self.parameters())
+
     def freeze(self) -> "VisionTower":
         """No parameter needs grad and the tower stays in eval mode, even under a parent's `.train()`."""
         self.requires_grad_(False)

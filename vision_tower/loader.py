@@ -15,11 +15,16 @@ import torch
 
 from .base import CONFIG_NAME, VisionTower
 from .checkpoint import (
-    Canonical, VisionCheckpointError, VisionTowerLoadError, canonicalize, infer_structure, read_weights,
+    Canonical, VisionCheckpointError, VisionTowerLoadError, _is_rope_buffer, canonicalize, infer_structure,
+    read_weights,
 )
 from .config import CONFIG_MODEL_TYPE, DEFAULT_PRESET, PRESETS, VisionTowerConfig, config_from_dict, resolve_config
 
 logger = logging.getLogger(__name__)
+
+
+def _preset_for_hub_id(repo_id: str) -> VisionTowerConfig | None:
+    return next((p for p in PRESETS.values() if p.hub_id == repo_id), None)
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _PICKLE_EXT = (".pt", ".pth", ".bin", ".ckpt")
@@ -58,8 +63,7 @@ def load_vision_tower(checkpoint=None, config=None, *, select_layer: int = -2, s
         checkpoint = preset.hub_id
     files, dir_config, ours = locate_checkpoint(checkpoint, explicit)
     # a preset's hub id names the preset, used when neither the caller nor the download says otherwise
-    fallback = None if os.path.exists(os.fspath(checkpoint)) else next(
-        (p for p in PRESETS.values() if p.hub_id == os.fspath(checkpoint)), None)
+    fallback = None if os.path.exists(os.fspath(checkpoint)) else _preset_for_hub_id(os.fspath(checkpoint))
     weights: dict[str, torch.Tensor] = {}
     for path in files:
         part = read_weights(path)
@@ -136,8 +140,7 @@ def _download(repo_id: str, hint: VisionTowerConfig | None) -> str:
         import huggingface_hub as hub
     except ImportError as exc:  # pragma: no cover - a declared dependency
         raise VisionTowerLoadError("huggingface_hub is needed to download hub checkpoints") from exc
-    preset = hint if hint is not None and hint.hub_id == repo_id else next(
-        (p for p in PRESETS.values() if p.hub_id == repo_id), None)
+    preset = hint if hint is not None and hint.hub_id == repo_id else _preset_for_hub_id(repo_id)
     try:
         if preset is not None and preset.hub_filename:
             path = hub.hf_hub_download(repo_id, preset.hub_filename)
@@ -217,7 +220,7 @@ def _verify_rope(tower: VisionTower, canonical: Canonical) -> None:
         raise VisionCheckpointError("checkpoint has RoPE tables but the config has rope=False")
     cos, sin = ours
     for key, table in canonical.rope_tables.items():
-        if not key.endswith(("freqs_cos", "freqs_sin")):
+        if not _is_rope_buffer(key):
             continue
         expected = cos if key.endswith("cos") else sin
         if tuple(table.shape) != tuple(expected.shape):

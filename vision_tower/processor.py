@@ -78,6 +78,10 @@ class ImageProcessor:
                 return self._resize(_chw(img), s, s)
             return _chw(img if img.size == (s, s) else img.resize((s, s), _BICUBIC))
 
+    def prepare_image(self, image) -> Image.Image:
+        """`prepare` as an RGB PIL image: what the tower will see, for display or for a worker to hand over."""
+        return Image.fromarray(self.prepare(image).permute(1, 2, 0).contiguous().numpy(), "RGB")
+
     def _resize(self, chw: torch.Tensor, height: int, width: int) -> torch.Tensor:
         if tuple(chw.shape[1:]) == (height, width):
             return chw

@@ -204,10 +204,10 @@ class ChatModel:
         settings = self.settings(settings, **overrides)
         turns, pil_images = self.prepare(messages, images)
         processor = self.processor_for(image_mode)
-        processor.encode_prompt(turns)  # template/length errors surface in the caller's thread
         if not stream:
             ids = generate_ids(self.model, processor, [turns], [pil_images], settings)
             return processor.decode(ids[0], skip_special_tokens=True).strip()
+        processor.encode_prompt(turns)  # generation runs in a worker: template/length errors surface here first
 
         def run(streamer):
             generate_ids(self.model, processor, [turns], [pil_images], settings, streamer=streamer)
@@ -222,8 +222,6 @@ def load_for_command(prog: str, args, **settings) -> tuple["ChatModel | None", i
     Returns (model, 0), or (None, exit code) after printing why to stderr: 2 for bad flags, 1 for a checkpoint
     that cannot be loaded (which one and why, no traceback)."""
     import sys
-
-    from ..generation import GenerationSettings
 
     try:
         generation = GenerationSettings(**settings)

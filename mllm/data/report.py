@@ -10,7 +10,6 @@ import logging
 from collections import Counter
 from dataclasses import asdict, dataclass
 
-logger = logging.getLogger(__name__)
 
 # reason -> what it means (the summary prints these; tests exercise each)
 REASONS: dict[str, str] = {
@@ -132,6 +131,3 @@ class SkipReport:
             lines.append(f"  {reason:<24} {count:>8}  {REASONS.get(reason, '')}")
             lines += [f"      e.g. {ex}" for ex in self.examples.get(reason, [])]
         return "\n".join(lines)
-
-    def log(self, num_samples: int | None = None, log: logging.Logger = logger) -> None:
-        (log.warning if self.indices else log.info)(self.summary(num_samples))

@@ -149,7 +149,7 @@ class ModalityLengthGroupedSampler(Sampler[int]):
 
     def load_state_dict(self, state: dict) -> None:
         for key in ("seed", "num_samples", "world_size", "micro_batch_size", "grad_accum_steps"):
-            mine = self.seed if key == "seed" else len(self.lengths) if key == "num_samples" else getattr(self, key)
+            mine = self.state_dict()[key]
             if state[key] != mine:
                 raise ValueError(f"cannot resume: checkpoint has {key}={state[key]}, this run has {mine}")
         self.set_epoch(state["epoch"])

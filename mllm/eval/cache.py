@@ -92,13 +92,16 @@ class PredictionCache:
             self._read()
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text(json.dumps(self.header, ensure_ascii=False) + "\n", encoding="utf-8")
+            self._write_header()
         self._fh = open(self.path, "a", encoding="utf-8")
+
+    def _write_header(self) -> None:
+        self.path.write_text(json.dumps(self.header, ensure_ascii=False) + "\n", encoding="utf-8")
 
     def _read(self) -> None:
         raw = self.path.read_bytes()
         if not raw.strip():  # an empty file (killed before the header was written): start afresh
-            self.path.write_text(json.dumps(self.header, ensure_ascii=False) + "\n", encoding="utf-8")
+            self._write_header()
             return
         lines = raw.split(b"\n")
         complete = raw.endswith(b"\n")
@@ -134,7 +137,7 @@ class PredictionCache:
             with open(self.path, "ab") as f:
                 f.write(b"\n")
         if not self._header_seen:  # only a half-written header was there
-            self.path.write_text(json.dumps(self.header, ensure_ascii=False) + "\n", encoding="utf-8")
+            self._write_header()
 
     def _check_header(self, cached: dict) -> None:
         if not isinstance(cached, dict) or cached.get("format") != CACHE_FORMAT:

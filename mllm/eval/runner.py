@@ -107,7 +107,7 @@ class ImageItemDataset(Dataset):
 
     def __init__(self, items: list[EvalItem], image_processor=None):
         self.items = items
-        self.image_processor = image_processor if hasattr(image_processor, "prepare") else None
+        self.image_processor = image_processor if hasattr(image_processor, "prepare_image") else None
 
     def __len__(self) -> int:
         return len(self.items)
@@ -116,8 +116,7 @@ class ImageItemDataset(Dataset):
         image = load_image(path)
         if self.image_processor is None:
             return image
-        chw = self.image_processor.prepare(image)
-        return Image.fromarray(chw.permute(1, 2, 0).contiguous().numpy())  # uint8 HxWx3 -> RGB
+        return self.image_processor.prepare_image(image)
 
     def __getitem__(self, index: int):
         try:

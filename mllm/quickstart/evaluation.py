@@ -15,13 +15,13 @@ from ..eval.runner import EvalConfig, run_eval
 from .synthetic import score
 
 
-def _untrained_checkpoint(root: Path, out: Path) -> Path:
+def _untrained_checkpoint(root: Path, out: Path, seed: int) -> Path:
     import torch
     from transformers import AutoTokenizer
 
     from .. import TowerSpec, build_model, save_pretrained
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)  # the random projector of the 'before' model
     model, processor = build_model(
         str(root / "stage0" / "lm" / "llm"), tower=TowerSpec(checkpoint=str(root / "stage0" / "tower"), config=None),
         tokenizer=AutoTokenizer.from_pretrained(str(root / "base" / "tokenizer")), template="vicuna_v1",
@@ -30,36 +30,41 @@ def _untrained_checkpoint(root: Path, out: Path) -> Path:
     return out
 
 
-def _run(name: str, model_dir: Path, bench, out: Path, records: list[dict], batch_size: int) -> dict:
-    result = run_eval(EvalConfig(benchmark=bench.name, data=str(bench.data), options=bench.options, model=str(model_dir),
-                                 output_dir=str(out / name), batch_size=batch_size, num_workers=0, label=name))
+def _run(name: str, model_dir: Path, bench, out: Path, batch_size: int, loaded=(None, None)):
+    """The eval runner on an exported benchmark; ``loaded`` = (model, processor) of ``model_dir`` if in memory."""
+    return run_eval(EvalConfig(benchmark=bench.name, data=str(bench.data), options=bench.options, model=str(model_dir),
+                               output_dir=str(out / name), batch_size=batch_size, num_workers=0, label=name), *loaded)
+
+
+def _accuracy(result, records: list[dict]) -> dict:
     # the export numbers questions 1..N in held-out order; map back for per-category accuracy
     by_id = {str(n): r["question_id"] for n, r in enumerate(records, 1)}
     predictions = {by_id[q]: a for q, a in result.predictions.items() if q in by_id}
     return {"vqa_accuracy": result.score.main, "exact_match": score(records, predictions),
-            "output_dir": str(out / name)}
+            "output_dir": str(result.output_dir)}
 
 
-def evaluate_quickstart(root: Path, out: Path, *, batch_size: int, seed: int) -> dict:
+def evaluate_quickstart(root: Path, out: Path, model_dir: Path, *, batch_size: int, seed: int) -> dict:
+    import torch
+
+    from ..serialization import load_model
+
     data = root / "data"
     heldout = json.loads((data / "heldout.json").read_text())
     blank = json.loads((data / "heldout_blank.json").read_text())
     exported = export_synthetic(heldout, out / "benchmarks", image_root=data, formats=("vqav2", "pope", "mme"))
     blank_vqa = export_synthetic(blank, out / "benchmarks_blank", image_root=data, formats=("vqav2",))["vqav2"]
-    model_dir = root / "stage2"
+    untrained = _untrained_checkpoint(root, out / "untrained", seed)
+    trained = load_model(model_dir, device="cuda" if torch.cuda.is_available() else "cpu")  # once, for all runs
     results = {
-        "before": _run("before", _untrained_checkpoint(root, out / "untrained"), exported["vqav2"], out, heldout,
-                       batch_size),
-        "after": _run("after", model_dir, exported["vqav2"], out, heldout, batch_size),
-        "blank": _run("blank", model_dir, blank_vqa, out, blank, batch_size),
+        "before": _accuracy(_run("before", untrained, exported["vqav2"], out, batch_size), heldout),
+        "after": _accuracy(_run("after", model_dir, exported["vqav2"], out, batch_size, trained), heldout),
+        "blank": _accuracy(_run("blank", model_dir, blank_vqa, out, batch_size, trained), blank),
     }
     for fmt in ("pope", "mme"):  # the yes/no questions through two more official scorers
         if fmt in exported:
-            ex = exported[fmt]
-            res = run_eval(EvalConfig(benchmark=ex.name, data=str(ex.data), model=str(model_dir), options=ex.options,
-                                      output_dir=str(out / f"after_{fmt}"), batch_size=batch_size, num_workers=0))
+            res = _run(f"after_{fmt}", model_dir, exported[fmt], out, batch_size, trained)
             results[f"after_{fmt}"] = {"main": res.score.main, "metrics": {k: v for k, v in res.metrics.items()
                                                                            if isinstance(v, (int, float))}}
-    chance = json.loads((data / "dataset_info.json").read_text())["chance"]
-    results["chance"] = chance
+    results["chance"] = json.loads((data / "dataset_info.json").read_text())["chance"]
     return results

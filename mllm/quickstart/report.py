@@ -34,7 +34,7 @@ def write_report(root: Path, q, results: dict, profile, seed: int, wall_s: float
     categories = sorted(k.split("/", 1)[1] for k in ev["after"]["exact_match"] if k.startswith("category/"))
     model_link = root / "model"
     if publish:
-        _publish(root / "stage2", model_link)
+        _publish(q.model_dir(), model_link)
     report = {
         "passed": passed, "accuracy": acc, "chance": chance, "blank_bar": blank_bar, "accuracy_bar": ACCURACY_BAR,
         "per_category": {c: {k: ev[k]["exact_match"][f"category/{c}"]["accuracy"] for k in ("before", "after", "blank")}

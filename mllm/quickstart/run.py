@@ -176,9 +176,10 @@ class Quickstart:
     def evaluate(self, out: Path) -> dict:
         from .evaluation import evaluate_quickstart
 
-        return evaluate_quickstart(self.root, out, batch_size=self.profile.eval_batch, seed=self.seed)
+        return evaluate_quickstart(self.root, out, self.model_dir(), batch_size=self.profile.eval_batch, seed=self.seed)
 
     def model_dir(self) -> Path:
+        """The trained checkpoint: stage 2's run directory (published as `<root>/model`)."""
         return self.root / "stage2"
 
 

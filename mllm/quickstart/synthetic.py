@@ -142,17 +142,12 @@ class Question:
         return "yes_no" if self.category in YES_NO_CATEGORIES else "short"
 
 
-def _cap(word: str) -> str:
-    """Answers are the words as they appear in captions and questions (lower case, like VQAv2's answers), so a
-    tiny LLM can copy them token for token; scoring is case-insensitive anyway."""
-    return word
-
-
 def choices_for(config: ShapesConfig, category: str) -> list[str]:
-    """The answer set of a category (as written in the data)."""
+    """The answer set of a category, as written in the data: the words as they appear in captions and questions
+    (lower case, like VQAv2's answers), so a tiny LLM can copy them token for token."""
     values = {"color": config.colors, "shape": config.shapes, "exists": ("yes", "no"), "binding": ("yes", "no"),
               "half": ("left", "right"), "size": config.sizes}[category]
-    return [_cap(v) for v in values]
+    return list(values)
 
 
 def _schedule(values, n: int, rng: random.Random) -> list:
@@ -208,26 +203,26 @@ def ask(config: ShapesConfig, scene: Scene, category: str, obj: SceneObject, tar
     # about the same image (a later turn could copy it from the text instead of reading the pixels)
     alone = len(scene.objects) == 1
     if category == "color":
-        return Question(category, f"What color is the {'object' if alone else obj.shape}?", _cap(obj.color), choices)
+        return Question(category, f"What color is the {'object' if alone else obj.shape}?", obj.color, choices)
     if category == "shape":
-        return Question(category, f"What shape is the {'' if alone else obj.color + ' '}object?", _cap(obj.shape),
+        return Question(category, f"What shape is the {'' if alone else obj.color + ' '}object?", obj.shape,
                         choices)
     if category == "half":
         return Question(category, f"Is the {'object' if alone else obj.shape} on the left or the right side of "
-                        "the image?", _cap(scene.side(obj)), choices)
+                        "the image?", scene.side(obj), choices)
     if category == "size":
-        return Question(category, f"Is the {'object' if alone else obj.shape} large or small?", _cap(obj.size),
+        return Question(category, f"Is the {'object' if alone else obj.shape} large or small?", obj.size,
                         choices)
     if category == "exists":
         absent = [s for s in config.shapes if s not in {o.shape for o in scene.objects}]
         shape = obj.shape if target == "yes" else rng.choice(absent)
-        return Question(category, f"Is there a {shape} in the image?", _cap(target), choices)
+        return Question(category, f"Is there a {shape} in the image?", target, choices)
     present = {(o.color, o.shape) for o in scene.objects}
     if target == "yes":
         color, shape = obj.color, obj.shape
     else:
         color, shape = rng.choice(sorted((c, s) for c in config.colors for s in config.shapes if (c, s) not in present))
-    return Question(category, f"Is there a {color} {shape} in the image?", _cap(target), choices)
+    return Question(category, f"Is there a {color} {shape} in the image?", target, choices)
 
 
 def render_scene(config: ShapesConfig, scene: Scene, rng: random.Random) -> Image.Image:

@@ -11,8 +11,6 @@ from dataclasses import dataclass
 
 import torch
 
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "accelerate_configs")
-
 
 class UnsupportedSetupError(ValueError):
     """A training mode that cannot work with the chosen distributed engine; the message says what to use."""

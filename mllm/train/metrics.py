@@ -12,7 +12,6 @@ logger = logging.getLogger(__name__)
 class StepStats:
     loss: float
     tokens: int  # non-padding tokens processed in the step, all ranks
-    label_tokens: int  # supervised tokens in the step, all ranks
     grad_norm: float | None
 
 
@@ -29,7 +28,6 @@ class ProgressLogger:
                         disable=not accelerator.is_main_process)
         self._window_tokens, self._window_start = 0, time.time()
         self.last_loss: float | None = None
-        self.history: list[dict] = []
 
     def update(self, step: int, stats: StepStats, lr: float, skip_report) -> None:
         self.bar.update(1)
@@ -47,7 +45,6 @@ class ProgressLogger:
             "skipped": skip_report.total,
         }
         self._window_tokens, self._window_start = 0, time.time()
-        self.history.append(record)
         self.bar.set_postfix(loss=f"{stats.loss:.4f}", lr=f"{lr:.2e}", tok_s=record["tokens_per_s"])
         if self.accelerator.is_main_process:
             logger.info("step %(step)d loss %(loss).4f lr %(lr).3e grad_norm %(grad_norm)s tokens/s %(tokens_per_s)s "

@@ -8,6 +8,7 @@ distribution (DDP, DeepSpeed, FSDP, multi-node) and the trackers (tensorboard, w
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ..builder import build_model
+from ..builder import build_model, load_tokenizer
 from ..config import LoraSpec, TowerSpec
 from ..constants import IGNORE_INDEX
 from ..llm import resolve_dtype
@@ -106,7 +107,7 @@ def train(config: TrainConfig) -> Path:
         config.llm,
         tower=TowerSpec(checkpoint=config.tower_checkpoint, config=config.tower, select_layer=config.select_layer,
                         select_feature=config.select_feature, name=config.tower),  # name None: the tower's own
-        tokenizer=None if config.tokenizer is None else _load_tokenizer(config.tokenizer),
+        tokenizer=None if config.tokenizer is None else load_tokenizer(config.tokenizer),
         projector_type=config.projector_type,
         projector_path=_projector_path(config.pretrained_projector),
         template=config.template,
@@ -127,9 +128,7 @@ def train(config: TrainConfig) -> Path:
     for p in model.parameters():  # trainable weights in fp32; bf16 compute comes from autocast on CUDA
         if p.requires_grad and p.dtype != torch.float32:
             p.data = p.data.float()
-    model.train()
-    if hasattr(model.vision_tower, "eval") and not any(p.requires_grad for p in model.vision_tower.parameters()):
-        model.vision_tower.eval()
+    model.train()  # a frozen tower stays in eval mode by itself (VisionTower.train)
 
     data = build_train_data(config, processor, rank=rank, world_size=world, grad_accum=ga_steps)
     steps_per_epoch = max(1, math.ceil(data.micro_batches_per_epoch / ga_steps))
@@ -217,7 +216,7 @@ def _optimizer_step(accelerator, wrapped, unwrapped, optimizer, scheduler, windo
     for i, batch in enumerate(window):
         data.skip_report.add(batch.get("skipped", []))
         sync = i == len(window) - 1
-        context = accelerator.no_sync(wrapped) if not sync else _nullcontext()
+        context = accelerator.no_sync(wrapped) if not sync else contextlib.nullcontext()
         with context:
             if batch["input_ids"].shape[0] == 0:
                 loss = _zero_loss(unwrapped)
@@ -252,7 +251,7 @@ def _optimizer_step(accelerator, wrapped, unwrapped, optimizer, scheduler, windo
     optimizer.zero_grad(set_to_none=True)
     reduced = accelerator.reduce(torch.tensor([loss_sum, float(tokens)], device=accelerator.device), reduction="sum")
     mean_loss = reduced[0].item() / total_labels if total_labels else float("nan")
-    return StepStats(loss=mean_loss, tokens=int(reduced[1].item()), label_tokens=int(total_labels), grad_norm=grad_norm)
+    return StepStats(loss=mean_loss, tokens=int(reduced[1].item()), grad_norm=grad_norm)
 
 
 def _check_trackers(report_to: list[str]) -> None:
@@ -296,15 +295,3 @@ def _log_to_file(path: Path) -> None:
         package_logger.setLevel(logging.INFO)
 
 
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-def _load_tokenizer(source: str):
-    from ..builder import load_tokenizer
-
-    return load_tokenizer(source)
