@@ -7,11 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
-
 from .constants import IMAGE_TOKEN
 from .modeling import ImageCountError
-from .tokenization import add_image_token, ensure_bos, expand_image_tokens, tokenize_with_offsets
+from .tokenization import add_image_token, ensure_bos, expand_image_tokens, pad_sequences, tokenize_with_offsets
 
 
 class MLLMProcessor:
@@ -39,21 +37,12 @@ class MLLMProcessor:
 
     def pad(self, sequences: Sequence[Sequence[int]], padding_side: str = "left", pad_to_multiple_of: int | None = None):
         """Pad id lists into `input_ids` and `attention_mask` tensors."""
-        if padding_side not in ("left", "right"):
-            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
-        length = max((len(s) for s in sequences), default=0)
-        if pad_to_multiple_of:
-            length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
-        pad_id = self.tokenizer.pad_token_id
-        input_ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
-        for row, seq in enumerate(sequences):
-            if not seq:
-                continue
-            span = slice(length - len(seq), length) if padding_side == "left" else slice(0, len(seq))
-            input_ids[row, span] = torch.as_tensor(list(seq), dtype=torch.long)
-            attention_mask[row, span] = 1
-        return input_ids, attention_mask
+        return pad_sequences(sequences, self.tokenizer.pad_token_id, padding_side, pad_to_multiple_of)
+
+    def _batch(self, sequences: list[list[int]], flat_images: list, padding_side: str) -> dict:
+        input_ids, attention_mask = self.pad(sequences, padding_side)
+        pixel_values = self.image_processor(flat_images) if flat_images else None
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": pixel_values}
 
     def __call__(
         self,
@@ -80,17 +69,18 @@ class MLLMProcessor:
                 )
             sequences.append(self.tokenize(sample_text, add_special_tokens=add_special_tokens))
             flat_images.extend(sample_images)
-        input_ids, attention_mask = self.pad(sequences, padding_side)
-        pixel_values = self.image_processor(flat_images) if flat_images else None
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": pixel_values}
+        return self._batch(sequences, flat_images, padding_side)
 
     def encode_prompt(self, conversations, template: str | None = None) -> list[int]:
         """Generation prompt ids (history + open assistant turn) through the training template code."""
+        return self._encode_prompt(conversations, template).input_ids
+
+    def _encode_prompt(self, conversations, template: str | None = None):
         from .templates import encode
 
         return encode(conversations, template or self.template, self.tokenizer, image_token_id=self.image_token_id,
                       num_image_tokens=self.num_image_tokens, max_length=self.model_max_length,
-                      add_generation_prompt=True).input_ids
+                      add_generation_prompt=True)
 
     def chat_batch(self, conversations_batch, images_batch=None, template: str | None = None) -> dict:
         """Left-padded generation inputs for several conversations (LLaVA JSON form), with their images.
@@ -101,15 +91,13 @@ class MLLMProcessor:
         per_sample = self._images_per_sample(["" for _ in conversations_batch], images_batch, single=False)
         sequences, flat = [], []
         for i, (conv, ims) in enumerate(zip(conversations_batch, per_sample)):
-            ids = self.encode_prompt(conv, template)
-            n_markers = sum(1 for t in ids if t == self.image_token_id) // max(self.num_image_tokens, 1)
-            if n_markers != len(ims):
-                raise ImageCountError(f"conversation {i}: {n_markers} '{self.image_token}' marker(s) but {len(ims)} image(s)")
-            sequences.append(ids)
+            encoded = self._encode_prompt(conv, template)
+            if encoded.num_images != len(ims):
+                raise ImageCountError(f"conversation {i}: {encoded.num_images} '{self.image_token}' marker(s) but "
+                                      f"{len(ims)} image(s)")
+            sequences.append(encoded.input_ids)
             flat.extend(ims)
-        input_ids, attention_mask = self.pad(sequences, "left")
-        pixel_values = self.image_processor(flat) if flat else None
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": pixel_values}
+        return self._batch(sequences, flat, "left")
 
     @staticmethod
     def _images_per_sample(texts: list[str], images, single: bool) -> list[list]:

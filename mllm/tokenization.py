@@ -82,3 +82,23 @@ def tokenize_with_offsets(tokenizer, text: str, image_token_id: int | None = Non
         offsets += [(pos + a, pos + b) for a, b in enc["offset_mapping"][n]]
         pos += len(segment)
     return ids, offsets
+
+
+def pad_sequences(sequences: Sequence[Sequence[int]], pad_value: int, padding_side: str = "left",
+                  pad_to_multiple_of: int | None = None):
+    """Id lists -> (padded [B, L] long tensor, attention mask); L is the longest, rounded up to the multiple."""
+    import torch
+
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    length = max((len(s) for s in sequences), default=0)
+    if pad_to_multiple_of:
+        length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
+    padded = torch.full((len(sequences), length), pad_value, dtype=torch.long)
+    mask = torch.zeros((len(sequences), length), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if len(seq):
+            span = slice(length - len(seq), length) if padding_side == "left" else slice(0, len(seq))
+            padded[row, span] = torch.as_tensor(list(seq), dtype=torch.long)
+            mask[row, span] = 1
+    return padded, mask

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from ..constants import IGNORE_INDEX
+from ..tokenization import pad_sequences
 from .report import SkippedSample
 
 
@@ -32,18 +33,10 @@ class Collator:
     def __call__(self, items: list) -> dict:
         kept = [x for x in items if not isinstance(x, SkippedSample)]
         skipped = [x for x in items if isinstance(x, SkippedSample)]
-        longest = max((len(x["input_ids"]) for x in kept), default=0)
-        m = self.pad_to_multiple_of or 1
-        width = -(-longest // m) * m
-        input_ids = torch.full((len(kept), width), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(kept), width), IGNORE_INDEX, dtype=torch.long)
-        attention_mask = torch.zeros((len(kept), width), dtype=torch.long)
-        for row, item in enumerate(kept):
-            n = len(item["input_ids"])
-            cols = slice(0, n) if self.padding_side == "right" else slice(width - n, width)
-            input_ids[row, cols] = torch.as_tensor(item["input_ids"], dtype=torch.long)
-            labels[row, cols] = torch.as_tensor(item["labels"], dtype=torch.long)
-            attention_mask[row, cols] = 1
+        input_ids, attention_mask = pad_sequences([x["input_ids"] for x in kept], self.pad_token_id,
+                                                  self.padding_side, self.pad_to_multiple_of)
+        labels, _ = pad_sequences([x["labels"] for x in kept], IGNORE_INDEX, self.padding_side,
+                                  self.pad_to_multiple_of)
         pixels = [x["pixel_values"] for x in kept if x.get("pixel_values") is not None]
         if pixels:
             pixel_values = torch.cat(pixels, dim=0)
