@@ -12,7 +12,7 @@ import shutil
 import sys
 import tempfile
 
-from mllm.chat.api import IMAGE_MODES
+from mllm.chat.api import IMAGE_MODES, add_model_loading_args
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,11 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image-mode", choices=IMAGE_MODES, default=None,
                         help="initial image preprocessing (default: the mode the model was trained with)")
     parser.add_argument("--max-file-size", default="50mb", help="largest upload accepted (default 50mb)")
-    parser.add_argument("--quantization", default="auto", choices=("auto", "none", "4bit", "8bit"),
-                        help="auto = as trained (a QLoRA adapter runs on its 4-bit base when bitsandbytes is installed)")
-    parser.add_argument("--dtype", default=None, choices=("auto", "fp32", "bf16", "fp16"),
-                        help="compute dtype (default: bf16 on CUDA, fp32 on CPU)")
-    parser.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu (default: cuda if available)")
+    add_model_loading_args(parser)
     parser.add_argument("--examples-dir", default=None, help="where to draw the example images (default: a temp dir)")
     return parser
 

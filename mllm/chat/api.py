@@ -216,6 +216,15 @@ class ChatModel:
                           stop_token_ids=self._stop_ids, stop_event=stop_event)
 
 
+def add_model_loading_args(parser) -> None:
+    """The --quantization/--dtype/--device flags `chat` and `demo` share (read by `load_for_command`)."""
+    parser.add_argument("--quantization", default="auto", choices=("auto", "none", "4bit", "8bit"),
+                        help="auto = as trained (a QLoRA adapter runs on its 4-bit base when bitsandbytes is installed)")
+    parser.add_argument("--dtype", default=None, choices=("auto", "fp32", "bf16", "fp16"),
+                        help="compute dtype (default: bf16 on CUDA, fp32 on CPU)")
+    parser.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu (default: cuda if available)")
+
+
 def load_for_command(prog: str, args, **settings) -> tuple["ChatModel | None", int]:
     """What `chat` and `demo` do first: check the generation flags, then load ``args.model``.
 

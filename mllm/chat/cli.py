@@ -9,7 +9,7 @@ import argparse
 import dataclasses
 import sys
 
-from .api import IMAGE_MODES
+from .api import IMAGE_MODES, add_model_loading_args
 from .session import ChatSession, ChatStateError, Note
 
 SETTING_TYPES = {"temperature": float, "top_p": float, "top_k": int, "max_new_tokens": int,
@@ -44,11 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-new-tokens", type=int, default=512)
     parser.add_argument("--repetition-penalty", type=float, default=None)
     parser.add_argument("--no-stream", action="store_true", help="print each answer when it is complete")
-    parser.add_argument("--quantization", default="auto", choices=("auto", "none", "4bit", "8bit"),
-                        help="auto = as trained (a QLoRA adapter runs on its 4-bit base when bitsandbytes is installed)")
-    parser.add_argument("--dtype", default=None, choices=("auto", "fp32", "bf16", "fp16"),
-                        help="compute dtype (default: bf16 on CUDA, fp32 on CPU)")
-    parser.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu (default: cuda if available)")
+    add_model_loading_args(parser)
     return parser
 
 
