@@ -7,7 +7,9 @@ cannot break the others.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+import traceback
 
 # name -> (module exposing main(argv), one-line summary)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -47,10 +49,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"llm2clip-llava: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[name][0])
-    # A module serving several commands (pretrain/finetune) receives the command name first.
-    if getattr(module, "MULTI_COMMAND", False):
-        return int(module.main([name, *rest]) or 0)
-    return int(module.main(rest) or 0)
+    from .errors import user_error_types
+
+    try:
+        # A module serving several commands (pretrain/finetune) receives the command name first.
+        if getattr(module, "MULTI_COMMAND", False):
+            return int(module.main([name, *rest]) or 0)
+        return int(module.main(rest) or 0)
+    except user_error_types() as exc:
+        if "--verbose" in rest or "-v" in rest or os.environ.get("LLM2CLIP_LLAVA_TRACEBACK") == "1":
+            traceback.print_exc()
+        print(f"llm2clip-llava {name}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

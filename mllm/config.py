@@ -10,13 +10,15 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .errors import UserError
+
 MANIFEST_NAME = "config.json"
 FORMAT_NAME = "llm2clip-llava"
 FORMAT_VERSION = 1
 QUANTIZATIONS = ("4bit", "8bit")
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError, ValueError):
     """A checkpoint directory is not ours, or its manifest is incomplete or inconsistent with its files."""
 
 
