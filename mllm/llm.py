@@ -30,6 +30,11 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device | 
     return DTYPES[dtype]
 
 
+def default_device() -> torch.device:
+    """Where a model is served when the caller names no device: CUDA when there is one, else the CPU."""
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
 def bnb_config(quantization: str, compute_dtype: torch.dtype, quant_storage: torch.dtype | None = None):
     """QLoRA's recipe: NF4 with double quantisation; `quant_storage` must match the compute dtype under FSDP."""
     from transformers import BitsAndBytesConfig
@@ -123,6 +128,44 @@ def apply_lora(llm: nn.Module, spec: LoraSpec) -> nn.Module:
         task_type="CAUSAL_LM",
     )
     return get_peft_model(llm, config)
+
+
+def load_adapter(llm: nn.Module, adapter_dir: str, *, trainable: bool = False,
+                 dtype: torch.dtype | None = None) -> nn.Module:
+    """Wrap `llm` with a saved peft adapter; for inference the adapter is cast to the compute `dtype`.
+
+    peft loads adapter weights in fp32 whatever the base's dtype, so a bf16 model would run fp32 LoRA matmuls
+    (and their casts) at every layer of every step; trainable adapters stay fp32 (optimizer master weights).
+    """
+    from peft import PeftModel
+
+    llm = PeftModel.from_pretrained(llm, adapter_dir, is_trainable=trainable)
+    if not trainable and dtype is not None:
+        for name, param in llm.named_parameters():
+            if "lora_" in name and param.dtype != dtype:
+                param.data = param.data.to(dtype)
+    return llm
+
+
+def load_merged_llm(llm_source: str, adapter_dir: str, *, base: str, dtype: torch.dtype, device_map=None) -> nn.Module:
+    """The base LLM with a LoRA adapter folded into its weights, in `dtype` (no peft wrapper, no quantisation).
+
+    `base="dequantized"`: the dequantised NF4 weights a QLoRA adapter was trained against, so the merge computes
+    what the trained model did; `"original"`: the base's original weights. Never merged into 4-bit weights (a
+    known LLaVA/QLoRA failure). The 4-bit base is loaded in the default compute dtype, as training loads it.
+    """
+    if base == "dequantized":
+        llm = load_llm(llm_source, quantization="4bit", dtype=None, device_map=device_map)
+        llm = llm.dequantize(dtype=dtype)
+        llm.is_loaded_in_4bit = False  # transformers leaves the flag set on the dequantised model
+    elif base == "original":
+        llm = load_llm(llm_source, quantization=None, dtype=dtype, device_map=device_map)
+    else:
+        raise ValueError(f"base must be 'dequantized' or 'original', got {base!r}")
+    merged = load_adapter(llm, adapter_dir).merge_and_unload().to(dtype)
+    if hasattr(merged.config, "quantization_config"):
+        del merged.config.quantization_config
+    return merged
 
 
 def enable_gradient_checkpointing(llm: nn.Module) -> None:

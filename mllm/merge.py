@@ -11,10 +11,8 @@ import logging
 import sys
 from pathlib import Path
 
-import torch
-
 from .config import MLLMConfig
-from .llm import DTYPES, load_llm
+from .llm import DTYPES, load_merged_llm
 from .serialization import copy_checkpoint_parts
 
 logger = logging.getLogger(__name__)
@@ -22,8 +20,6 @@ logger = logging.getLogger(__name__)
 
 def merge_checkpoint(checkpoint: str | Path, output: str | Path, *, dtype: str = "bf16", base: str = "auto") -> Path:
     """Write `output`: the checkpoint with its adapter merged into full LLM weights (`llm/`)."""
-    from peft import PeftModel
-
     checkpoint, output = Path(checkpoint), Path(output)
     manifest = MLLMConfig.load(checkpoint)
     if "adapter" not in manifest.contents:
@@ -32,19 +28,11 @@ def merge_checkpoint(checkpoint: str | Path, output: str | Path, *, dtype: str =
         raise ValueError(f"base must be auto, original or dequantized, got {base!r}")
     if base == "auto":
         base = "dequantized" if manifest.quantization == "4bit" else "original"
-    target_dtype = DTYPES[dtype]
+    if base == "dequantized" and manifest.quantization != "4bit":
+        raise ValueError("--base dequantized applies to checkpoints trained on a 4-bit base (QLoRA)")
     llm_source = manifest.resolve_path(checkpoint, manifest.llm)
-    if base == "dequantized":
-        if manifest.quantization != "4bit":
-            raise ValueError("--base dequantized applies to checkpoints trained on a 4-bit base (QLoRA)")
-        llm = load_llm(llm_source, quantization="4bit", dtype=None)  # the compute dtype training used
-        llm = llm.dequantize(dtype=target_dtype)
-    else:
-        llm = load_llm(llm_source, quantization=None, dtype=target_dtype)
-    llm = PeftModel.from_pretrained(llm, str(checkpoint / manifest.contents["adapter"]))
-    merged = llm.merge_and_unload().to(target_dtype)
-    if hasattr(merged.config, "quantization_config"):
-        del merged.config.quantization_config
+    merged = load_merged_llm(llm_source, str(checkpoint / manifest.contents["adapter"]), base=base,
+                             dtype=DTYPES[dtype])
     output.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(output / "llm", safe_serialization=True)
     parts = [p for k, p in manifest.contents.items() if k not in ("adapter", "llm")]

@@ -16,7 +16,8 @@ from projector import load_projector, save_projector
 
 from .builder import image_processor_for, load_tokenizer, load_tower
 from .config import MLLMConfig
-from .llm import base_causal_lm, load_llm, resolve_dtype
+from .errors import UserError
+from .llm import base_causal_lm, default_device, load_adapter, load_llm, load_merged_llm, resolve_dtype
 from .modeling import MLLM
 from .processor import MLLMProcessor
 
@@ -92,12 +93,20 @@ def load_model(
     device_map=None,
     device: str | torch.device | None = None,
     trainable: bool = False,
+    merge_on_load: bool = False,
 ) -> tuple[MLLM, MLLMProcessor]:
     """Load any checkpoint directory this package wrote.
 
     `quantization="auto"` loads the LLM as it was trained (a QLoRA adapter on its 4-bit base) when
-    bitsandbytes is available; `None`/"none", "4bit" or "8bit" override. `device` pins everything to one
-    device; `device_map` spreads the LLM (tower and projector follow its input embeddings).
+    bitsandbytes is available; `None`/"none", "4bit" or "8bit" override. Everything goes to `device`, by
+    default CUDA when there is one, else the CPU; `device_map` spreads the LLM instead (tower and projector
+    follow its input embeddings). Compute is bf16 on CUDA, fp32 on the CPU unless `dtype` says otherwise; an
+    adapter is served in that dtype (fp32 when `trainable`).
+
+    `merge_on_load=True` folds a LoRA/QLoRA adapter into an unquantised copy of its base in the compute dtype,
+    as `merge` does (a QLoRA adapter into the dequantised NF4 weights it was trained against): more memory
+    (a 7B LLM: ~13.5 GB in bf16 instead of ~4 GB), faster batched generation. A checkpoint with full LLM
+    weights is already merged and loads unquantised.
     """
     directory = Path(directory)
     manifest = MLLMConfig.load(directory)
@@ -108,14 +117,26 @@ def load_model(
     has_full_llm = "llm" in contents
     llm_source = str(directory / contents["llm"]) if has_full_llm else manifest.resolve_path(directory, manifest.llm)
     quant = _resolve_quantization(quantization, manifest, has_full_llm)
+    merge = merge_on_load and "adapter" in contents
+    if merge and (trainable or quantization not in ("auto", None, "none")):
+        raise UserError(f"merge_on_load serves an unquantised, frozen merge of the adapter: it cannot be combined "
+                        f"with quantization={quantization!r} or trainable=True")
+    if merge_on_load and not merge:
+        logger.info("%s has no adapter (its LLM weights are already full): nothing to merge on load", directory)
+    if device is None and device_map is None:
+        device = default_device()
     if device is not None and device_map is None:
         device_map = {"": str(device)}
     compute_dtype = resolve_dtype(dtype, device)
-    llm = load_llm(llm_source, quantization=quant, dtype=compute_dtype, device_map=device_map)
-    if "adapter" in contents:
-        from peft import PeftModel
-
-        llm = PeftModel.from_pretrained(llm, str(directory / contents["adapter"]), is_trainable=trainable)
+    adapter_dir = str(directory / contents["adapter"]) if "adapter" in contents else None
+    if merge:
+        base = "dequantized" if quant == "4bit" else "original"
+        llm = load_merged_llm(llm_source, adapter_dir, base=base, dtype=compute_dtype, device_map=device_map)
+        manifest.extra = {**manifest.extra, "merged_on_load": base}
+    else:
+        llm = load_llm(llm_source, quantization=quant, dtype=compute_dtype, device_map=device_map)
+        if adapter_dir is not None:
+            llm = load_adapter(llm, adapter_dir, trainable=trainable, dtype=compute_dtype)
     tower_dir = directory / contents["vision_tower"] if "vision_tower" in contents else None
     tower = load_tower(manifest.tower, directory=tower_dir, dtype=compute_dtype)
     d_llm = llm.get_input_embeddings().weight.shape[1]

@@ -47,7 +47,7 @@ class ChatModel:
 
     @classmethod
     def from_pretrained(cls, model: str | Path | None = None, *, quantization: str | None = "auto",
-                        dtype=None, device=None, device_map=None,
+                        dtype=None, device=None, device_map=None, merge_on_load: bool = False,
                         settings: GenerationSettings | None = None) -> "ChatModel":
         """Load any checkpoint directory this package wrote (`None`: the quickstart checkpoint).
 
@@ -56,7 +56,8 @@ class ChatModel:
         the CPU alike, because serving the adapter on an unquantised base is a train/serve mismatch; an LLM
         trained unquantised is loaded unquantised. `quantization=None`/"none", "4bit" or "8bit" override.
         Compute runs in bf16 on CUDA and fp32 on the CPU unless `dtype` says otherwise. `device` defaults to
-        CUDA when available; `device_map` spreads the LLM over several devices instead.
+        CUDA when available; `device_map` spreads the LLM over several devices instead. `merge_on_load=True`
+        serves an adapter folded into a bf16 copy of its base (see `mllm.load_model`).
         """
         import torch
 
@@ -66,7 +67,7 @@ class ChatModel:
         if device is None and device_map is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         mllm, processor = load_model(directory, quantization=quantization, dtype=dtype, device_map=device_map,
-                                     device=device)
+                                     device=device, merge_on_load=merge_on_load)
         return cls(mllm, processor, source=directory, settings=settings)
 
     # ------------------------------------------------------------------ facts
@@ -104,6 +105,8 @@ class ChatModel:
         adapter = "LoRA adapter" if "adapter" in config.contents else None
         if adapter and config.quantization:
             adapter = f"QLoRA adapter (trained on a {config.quantization} base)"
+        if adapter and config.extra.get("merged_on_load"):
+            adapter += f", merged on load into the {config.extra['merged_on_load']} base"
         return {
             "model": str(self.source) if self.source is not None else "(in memory)",
             "llm": config.llm,
@@ -217,12 +220,15 @@ class ChatModel:
 
 
 def add_model_loading_args(parser) -> None:
-    """The --quantization/--dtype/--device flags `chat` and `demo` share (read by `load_for_command`)."""
+    """The --quantization/--dtype/--device/--merge-on-load flags `chat` and `demo` share (read by `load_for_command`)."""
     parser.add_argument("--quantization", default="auto", choices=("auto", "none", "4bit", "8bit"),
                         help="auto = as trained (a QLoRA adapter runs on its 4-bit base when bitsandbytes is installed)")
     parser.add_argument("--dtype", default=None, choices=("auto", "fp32", "bf16", "fp16"),
                         help="compute dtype (default: bf16 on CUDA, fp32 on CPU)")
     parser.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu (default: cuda if available)")
+    parser.add_argument("--merge-on-load", action="store_true",
+                        help="fold a LoRA/QLoRA adapter into a bf16 copy of its base when loading: more memory "
+                             "(7B: ~13.5 GB instead of ~4 GB), faster batched generation")
 
 
 def load_for_command(prog: str, args, **settings) -> tuple["ChatModel | None", int]:
@@ -240,7 +246,8 @@ def load_for_command(prog: str, args, **settings) -> tuple["ChatModel | None", i
         return None, 2
     try:
         return ChatModel.from_pretrained(args.model, quantization=args.quantization, dtype=args.dtype,
-                                         device=args.device, settings=generation), 0
+                                         device=args.device, merge_on_load=getattr(args, "merge_on_load", False),
+                                         settings=generation), 0
     except Exception as exc:  # a missing/bad checkpoint
         print(f"{prog}: cannot load the model: {type(exc).__name__}: {exc}", file=sys.stderr)
         return None, 1

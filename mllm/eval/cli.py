@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="LLM quantisation (auto: as the checkpoint was trained, when bitsandbytes is present)")
     p.add_argument("--dtype", default=None, choices=["auto", "fp32", "bf16", "fp16"],
                    help="compute dtype (default: bf16 on CUDA, fp32 on CPU)")
+    p.add_argument("--merge-on-load", action="store_true",
+                   help="fold a LoRA/QLoRA adapter into a bf16 copy of its base when loading: faster batched "
+                        "decoding on CUDA than a 4-bit base, for ~13.5 GB instead of ~4 GB (7B)")
     p.add_argument("--overwrite", action="store_true",
                    help="discard predictions cached by a different model/options instead of refusing")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -70,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         benchmark=args.benchmark, data=args.data, model=args.model, options=options, output_dir=args.output_dir,
         limit=args.limit, batch_size=args.batch_size, num_workers=args.num_workers,
         max_new_tokens=args.max_new_tokens, device=args.device, quantization=args.quantization,
-        dtype=None if args.dtype == "auto" else args.dtype, label=args.label, overwrite=args.overwrite,
+        dtype=None if args.dtype == "auto" else args.dtype, merge_on_load=args.merge_on_load, label=args.label,
+        overwrite=args.overwrite,
         progress=not args.no_progress)
     try:
         run_eval(config)

@@ -50,6 +50,7 @@ class EvalConfig:
     device: str | None = None  # default: cuda when available, else cpu
     quantization: str | None = "auto"
     dtype: str | None = None  # default: bf16 on CUDA, fp32 on CPU
+    merge_on_load: bool = False  # serve an adapter merged into a bf16 copy of its base (faster batched decoding)
     label: str | None = None  # run name in reports and `compare` (default: the model folder's name)
     overwrite: bool = False  # discard a cache written by another setup instead of refusing
     progress: bool = True
@@ -157,8 +158,25 @@ def _cache_header(config: EvalConfig, bench: Benchmark, model_dir: Path, device:
         "model": model_fingerprint(model_dir),
         "generation": {"dtype": str(resolve_dtype(config.dtype, device)).replace("torch.", ""),
                        "quantization": config.quantization or "none", "max_new_tokens": config.max_new_tokens,
-                       "greedy": True},
+                       "greedy": True, **({"merge_on_load": True} if config.merge_on_load else {})},
     }
+
+
+def _hint_merge_on_load(model, batch_size: int) -> None:
+    """Say when batched decoding on a 4-bit CUDA base leaves bitsandbytes' fused 4-bit kernels."""
+    from ..llm import base_causal_lm
+
+    if model.device.type != "cuda" or not getattr(base_causal_lm(model.llm), "is_loaded_in_4bit", False):
+        return
+    import bitsandbytes
+    from packaging.version import Version
+
+    fused_rows = 1 if Version(bitsandbytes.__version__) < Version("0.50") else 4  # 0.50 added gemm_4bit
+    if batch_size > fused_rows:
+        log.warning("4-bit LLM decoding %d rows at a time: bitsandbytes %s fuses 4-bit matmuls for up to %d row(s) "
+                    "(beyond that only where its per-GPU heuristic expects a win) and otherwise dequantises every "
+                    "weight at every step; --merge-on-load serves a bf16 merge, faster for batched evaluation "
+                    "(7B: ~13.5 GB of GPU memory instead of ~4 GB)", batch_size, bitsandbytes.__version__, fused_rows)
 
 
 def generate_pending(model, processor, items: list[EvalItem], cache: PredictionCache, batch_size: int,
@@ -230,7 +248,8 @@ def run_eval(config: EvalConfig, model=None, processor=None) -> EvalResult:
                 from ..serialization import load_model
 
                 model, processor = load_model(model_dir, quantization=config.quantization, dtype=config.dtype,
-                                              device=device)
+                                              device=device, merge_on_load=config.merge_on_load)
+                _hint_merge_on_load(model, config.batch_size)
                 t_model = time.perf_counter() - t1
             bar = _progress(config.progress, len(items), len(cached), bench.display_name or bench.name)
             t2 = time.perf_counter()
