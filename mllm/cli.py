@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("mllm.eval.cli", "Evaluate a checkpoint on a benchmark (LLaVA-1.5 protocol)."),
     "compare": ("mllm.eval.compare", "Compare metrics JSONs: markdown table and bar chart."),
     "merge": ("mllm.merge", "Merge a LoRA checkpoint into a standalone bf16 model."),
+    "import": ("mllm.interop.cli", "Convert a LLaVA or llava-hf checkpoint into an llm2clip-llava checkpoint."),
+    "export": ("mllm.interop.cli", "Write a checkpoint (CLIP tower) in the llava-hf format for transformers/vLLM/SGLang."),
 }
 
 
