@@ -33,6 +33,9 @@ class TrainConfig:
     select_feature: str = "patch"
     projector_type: str = "mlp2x_gelu"
     pretrained_projector: str | None = None  # stage-1 output dir (or its projector/ dir) to initialise from
+    init_from: str | None = field(default=None, metadata={"help": (
+        "finetune: start from this whole checkpoint (e.g. an imported LLaVA-1.5); its LLM, tokenizer, tower, "
+        "projector, template and image mode replace the model fields")})
     template: str = "vicuna_v1"
     image_aspect_ratio: str = "pad"
     model_max_length: int = 2048

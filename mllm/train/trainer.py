@@ -28,6 +28,7 @@ from .checkpointing import SHARDED_STATE_DIR, CheckpointWriter, find_resume_chec
 from .config import TrainConfig, save_config
 from .data import build_train_data
 from .distributed import plan_setup
+from .init_from import apply_init_from
 from .metrics import ProgressLogger, StepStats
 
 logger = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ def train(config: TrainConfig) -> Path:
     from accelerate import Accelerator
     from transformers import get_scheduler
 
+    config = apply_init_from(config)
     on_cuda = torch.cuda.is_available()
     mode = config.resolved_mode(on_cuda)
     compute_dtype = resolve_dtype(config.dtype)
