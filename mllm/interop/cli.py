@@ -17,7 +17,7 @@ then: llm2clip-llava chat --model runs/llava-v1.5-7b --image photo.jpg"""
 EXPORT_EPILOG = """examples:
   llm2clip-llava export runs/finetune exported/llava-clip-7b --format llava-hf
   python -c "from transformers import AutoProcessor, LlavaForConditionalGeneration as L; L.from_pretrained('exported/llava-clip-7b')"
-  vllm serve exported/llava-clip-7b --chat-template-content-format openai"""
+  vllm serve exported/llava-clip-7b      # chat requests need "add_special_tokens": true (see README)"""
 
 
 def build_import_parser() -> argparse.ArgumentParser:
@@ -51,15 +51,13 @@ def build_export_parser() -> argparse.ArgumentParser:
         prog="llm2clip-llava export", epilog=EXPORT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Write an llm2clip-llava checkpoint with a CLIP-architecture tower in the llava-hf format "
                     "(LlavaForConditionalGeneration + LlavaProcessor), which transformers, vLLM, SGLang and TGI load "
-                    "without this package. LoRA/QLoRA adapters are merged first, as `merge` does. EVA02 towers "
+                    "without this package. LoRA/QLoRA adapters are merged first, as `merge` does (QLoRA: into the "
+                    "dequantised NF4 weights; `merge --base original` first for the original ones). EVA02 towers "
                     "cannot be expressed in that format and are refused.")
     parser.add_argument("checkpoint", help="llm2clip-llava checkpoint directory")
     parser.add_argument("output", help="new directory for the exported model (must not exist or be empty)")
     parser.add_argument("--format", default="llava-hf", choices=("llava-hf",), help="target format (default llava-hf)")
     parser.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"), help="weight dtype (default bf16)")
-    parser.add_argument("--merge-base", default="auto", choices=("auto", "original", "dequantized"),
-                        help="LoRA checkpoints: the weights to merge into (auto: the dequantised 4-bit base for QLoRA, "
-                             "as `merge`)")
     parser.add_argument("--verbose", "-v", action="store_true", help="tracebacks for errors")
     return parser
 
@@ -83,8 +81,7 @@ def run_export(argv: list[str]) -> int:
     from .export_hf import export_checkpoint
 
     args = build_export_parser().parse_args(argv)
-    output, summary = export_checkpoint(args.checkpoint, args.output, format=args.format, dtype=args.dtype,
-                                        merge_base=args.merge_base)
+    output, summary = export_checkpoint(args.checkpoint, args.output, format=args.format, dtype=args.dtype)
     print(f"exported {args.checkpoint} -> {output}")
     for line in summary:
         print(f"  {line}")

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ..config import MLLMConfig
-from ..llm import DTYPES, base_causal_lm, load_llm, stop_token_ids
+from ..llm import DTYPES, base_causal_lm, stop_token_ids
 from .hf_processor import (
     TEMPLATES,
     adjust_tokenizer,
@@ -64,7 +64,7 @@ def tower_arch(checkpoint: Path, manifest: MLLMConfig) -> tuple[str | None, str 
     return None, spec.name
 
 
-def check_exportable(checkpoint: Path, manifest: MLLMConfig, merge_base: str = "auto") -> None:
+def check_exportable(checkpoint: Path, manifest: MLLMConfig) -> None:
     """Everything that makes a checkpoint unexportable and is visible without loading weights."""
     arch, name = tower_arch(checkpoint, manifest)
     if arch == "eva02":
@@ -72,16 +72,13 @@ def check_exportable(checkpoint: Path, manifest: MLLMConfig, merge_base: str = "
     if manifest.projector_type != "mlp2x_gelu":
         raise InteropError(f"{checkpoint} has a {manifest.projector_type} projector; transformers' Llava has one "
                            f"projector, linear-GELU-linear (mlp2x_gelu)")
-    if "adapter" in manifest.contents and merge_base == "dequantized" and manifest.quantization != "4bit":
-        raise InteropError(f"--merge-base dequantized applies to QLoRA checkpoints; {checkpoint} was trained on an "
-                           f"unquantised base")
     if manifest.template not in TEMPLATES:
         raise InteropError(f"{checkpoint} uses template {manifest.template!r}, which has no llava-hf chat template "
                            f"(exportable: {', '.join(TEMPLATES)})")
 
 
-def export_checkpoint(checkpoint: str | Path, output: str | Path, *, format: str = "llava-hf", dtype: str = "bf16",
-                      merge_base: str = "auto") -> tuple[Path, list[str]]:
+def export_checkpoint(checkpoint: str | Path, output: str | Path, *, format: str = "llava-hf",
+                      dtype: str = "bf16") -> tuple[Path, list[str]]:
     """Write `output` in `format` from our checkpoint; returns (output, summary lines)."""
     if format not in FORMATS:
         raise InteropError(f"unknown export format {format!r}; choose {', '.join(FORMATS)}")
@@ -90,8 +87,8 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, *, format: str
     checkpoint = Path(checkpoint)
     check_output_dir(output)
     manifest = MLLMConfig.load(checkpoint)
-    check_exportable(checkpoint, manifest, merge_base)
-    llm, tower, projector, tokenizer, base = _load_parts(checkpoint, manifest, dtype, merge_base)
+    check_exportable(checkpoint, manifest)
+    llm, tower, projector, tokenizer, base = _load_parts(checkpoint, dtype)
     if tower.config.arch == "eva02":  # configs did not say; the weights do
         raise InteropError(_EVA_REFUSAL.format(ckpt=checkpoint, name=tower.config.name))
     if tower.config.arch != "clip":
@@ -123,32 +120,13 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, *, format: str
     return Path(output), summary
 
 
-def _load_parts(checkpoint: Path, manifest: MLLMConfig, dtype: str, merge_base: str):
-    """LLM (adapter merged as `merge` does), tower, projector and tokenizer of the checkpoint, unquantised."""
-    from projector import load_projector
+def _load_parts(checkpoint: Path, dtype: str):
+    """LLM (a LoRA/QLoRA adapter merged on load, as `merge` does), tower, projector and tokenizer, on the CPU."""
+    from ..serialization import load_model
 
-    from ..builder import load_tokenizer, load_tower
-    from ..merge import merged_llm
-    from ..tokenization import add_image_token
-
-    target = DTYPES[dtype]
-    contents = manifest.contents
-    base = None
-    if "adapter" in contents:
-        llm, base = merged_llm(checkpoint, manifest, dtype=dtype, base=merge_base)
-    else:
-        source = checkpoint / contents["llm"] if "llm" in contents else manifest.resolve_path(checkpoint, manifest.llm)
-        llm = load_llm(str(source), quantization=None, dtype=target)
-    tower_dir = checkpoint / contents["vision_tower"] if "vision_tower" in contents else None
-    tower = load_tower(manifest.tower, directory=tower_dir, dtype=target)
-    d_llm = llm.get_input_embeddings().weight.shape[1]
-    projector = load_projector(checkpoint / contents["projector"], expected_in_features=tower.hidden_size,
-                               expected_out_features=d_llm, expected_tower=manifest.tower.name, dtype=target)
-    tokenizer = load_tokenizer(checkpoint / contents["tokenizer"])
-    if add_image_token(tokenizer, manifest.image_token) != manifest.image_token_id:
-        raise InteropError(f"{checkpoint}: the tokenizer's {manifest.image_token} id differs from the manifest's "
-                           f"{manifest.image_token_id}")
-    return base_causal_lm(llm), tower, projector, tokenizer, base
+    model, processor = load_model(checkpoint, dtype=DTYPES[dtype], device="cpu", merge_on_load=True)
+    base = model.config.extra.get("merged_on_load") if "adapter" in model.config.contents else None
+    return base_causal_lm(model.llm), model.vision_tower, model.projector, processor.tokenizer, base
 
 
 def build_llava(llm, tower, projector, image_token_id: int, tokenizer_size: int, dtype: torch.dtype,
