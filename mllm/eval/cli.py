@@ -17,7 +17,11 @@ def _benchmark_help() -> str:
                  "server-scored, local score where annotations exist" if cls.server_side else "scored locally")
         lines.append(f"  {name:<11} {cls.display_name} ({where}; headline {cls.main_metric}); {shown}")
     lines += ["", ("Expected files per benchmark: docs/benchmarks.md. Judged benchmarks (llavabench, mmvet) call "
-                   "an OpenAI-compatible endpoint only when OPENAI_API_KEY / OPENAI_BASE_URL are set.")]
+                   "an OpenAI-compatible endpoint only when OPENAI_API_KEY / OPENAI_BASE_URL are set."),
+              "", "examples:",
+              "  llm2clip-llava eval --model runs/finetune --benchmark pope --data playground/data/eval/pope",
+              "  llm2clip-llava eval --benchmark pope --data playground/data/eval/pope \\",
+              "      --answers playground/data/eval/pope/answers/llava-v1.5-13b.jsonl   # re-score, no model"]
     return "\n".join(lines)
 
 
@@ -30,11 +34,21 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_benchmark_help())
     p.add_argument("--model", default=None, help="checkpoint directory (default: the quickstart model)")
     p.add_argument("--benchmark", required=True, metavar="NAME", help=f"one of: {', '.join(BENCHMARK_NAMES)}")
-    p.add_argument("--data", required=True, help="the benchmark's folder (or file) in its distributed layout")
+    p.add_argument("--data", required=True,
+                   help="the benchmark's folder: LLaVA's eval.zip layout (playground/data/eval/<bench>, whose "
+                        "question file then gives the prompts) or the benchmark's own download; or the question "
+                        "file itself")
+    p.add_argument("--answers", default=None, metavar="FILE",
+                   help="re-score an answers file without a model: LLaVA's answers JSONL (question_id, prompt, "
+                        "text, ...) or a predictions.jsonl written by this command")
+    p.add_argument("--protocol", default="batched", choices=["batched", "llava"],
+                   help="batched (default): batched greedy decoding in bf16, fastest; llava: exactly LLaVA's "
+                        "eval scripts (batch 1, fp16 on CUDA), to put numbers next to LLaVA's published ones")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="benchmark option, repeatable (e.g. use_ocr=false, splits=random,popular)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N items")
-    p.add_argument("--batch-size", type=int, default=8, help="prompts per generate call (default: 8)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="prompts per generate call (default: 8; 1 under --protocol llava)")
     p.add_argument("--num-workers", type=int, default=2,
                    help="DataLoader workers decoding images (default: 2; 0: in the main process)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="override every item's token budget")
@@ -45,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantization", default="auto", choices=["auto", "none", "4bit", "8bit"],
                    help="LLM quantisation (auto: as the checkpoint was trained, when bitsandbytes is present)")
     p.add_argument("--dtype", default=None, choices=["auto", "fp32", "bf16", "fp16"],
-                   help="compute dtype (default: bf16 on CUDA, fp32 on CPU)")
+                   help="compute dtype (default: bf16 on CUDA, fp32 on CPU; fp16 under --protocol llava)")
     p.add_argument("--merge-on-load", action="store_true",
                    help="fold a LoRA/QLoRA adapter into a bf16 copy of its base when loading: faster batched "
                         "decoding on CUDA than a 4-bit base, for ~13.5 GB instead of ~4 GB (7B)")
@@ -65,20 +79,19 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"llm2clip-llava eval: error: {e}", file=sys.stderr)
         return 2
+    from ..errors import UserError
     from .cache import CacheMismatchError
     from .runner import EvalConfig, run_eval
-    from .types import BenchmarkDataError
 
     config = EvalConfig(
         benchmark=args.benchmark, data=args.data, model=args.model, options=options, output_dir=args.output_dir,
         limit=args.limit, batch_size=args.batch_size, num_workers=args.num_workers,
         max_new_tokens=args.max_new_tokens, device=args.device, quantization=args.quantization,
         dtype=None if args.dtype == "auto" else args.dtype, merge_on_load=args.merge_on_load, label=args.label,
-        overwrite=args.overwrite,
-        progress=not args.no_progress)
+        overwrite=args.overwrite, progress=not args.no_progress, answers=args.answers, protocol=args.protocol)
     try:
         run_eval(config)
-    except (BenchmarkDataError, CacheMismatchError, FileNotFoundError, ValueError) as e:
+    except (UserError, CacheMismatchError, FileNotFoundError, ValueError) as e:
         if args.verbose:
             raise
         print(f"llm2clip-llava eval: error: {e}", file=sys.stderr)

@@ -34,14 +34,31 @@ def _manifest(model_dir: Path) -> dict:
         return {}
 
 
-def build_metrics(*, bench, options: dict, config, model_dir: Path, device: str, score, n_items: int,
-                  n_available: int, skipped: list, generated: int, reused: int, stale: int, timing: dict,
-                  submission: list[str]) -> dict:
+def _run_block(config, source: dict) -> tuple[dict, dict]:
+    """(run, generation) blocks: the checkpoint and how it decoded, or the answers file that was re-scored."""
+    model_dir = source.get("model_dir")
+    if model_dir is None:
+        run = {"label": source["label"], "model": None, "tower": None, "tower_checkpoint": None, "llm": None,
+               "template": None, "manifest": {}, "answers_file": source["answers_file"],
+               "answers_format": source["answers_format"], "model_id": source.get("model_id")}
+        return run, {"source": "answers file", "max_new_tokens": None}
     manifest = _manifest(model_dir)
     tower = manifest.get("tower") or {}
+    run = {"label": source["label"], "model": str(model_dir.resolve()),
+           "tower": tower.get("name") or tower.get("checkpoint"), "tower_checkpoint": tower.get("checkpoint"),
+           "llm": manifest.get("llm"), "template": manifest.get("template"), "manifest": manifest}
+    generation = {"greedy": True, "protocol": config.protocol, "batch_size": config.batch_size,
+                  "max_new_tokens": config.max_new_tokens, "device": source["device"], "dtype": config.dtype or "auto",
+                  "quantization": config.quantization}
+    return run, generation
+
+
+def build_metrics(*, bench, options: dict, config, source: dict, score, n_items: int, n_available: int,
+                  skipped: list, generated: int, reused: int, stale: int, timing: dict, submission: list[str]) -> dict:
+    run, generation = _run_block(config, source)
     main_metric = score.metrics.get("main_metric", bench.main_metric)
     gen_s = timing.get("generate_s") or 0.0
-    return {
+    out = {
         "format": METRICS_FORMAT,
         "benchmark": bench.name,
         "display_name": bench.display_name or bench.name,
@@ -55,11 +72,8 @@ def build_metrics(*, bench, options: dict, config, model_dir: Path, device: str,
         "metrics": score.metrics,
         "benchmark_options": options,
         "data": str(Path(config.data).resolve()),
-        "run": {"label": config.label or model_dir.resolve().name, "model": str(model_dir.resolve()),
-                "tower": tower.get("name") or tower.get("checkpoint"), "tower_checkpoint": tower.get("checkpoint"),
-                "llm": manifest.get("llm"), "template": manifest.get("template"), "manifest": manifest},
-        "generation": {"greedy": True, "batch_size": config.batch_size, "max_new_tokens": config.max_new_tokens,
-                       "device": device, "dtype": config.dtype or "auto", "quantization": config.quantization},
+        "run": run,
+        "generation": generation,
         "timing": {**{k: round(v, 3) for k, v in timing.items()}, "generated": generated, "reused_from_cache": reused,
                    "stale_cache_entries": stale,
                    "items_per_s": round(generated / gen_s, 3) if generated and gen_s > 0 else None},
@@ -67,6 +81,9 @@ def build_metrics(*, bench, options: dict, config, model_dir: Path, device: str,
         "versions": _versions(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    if "answers_report" in source:
+        out["answers"] = source["answers_report"]
+    return out
 
 
 def format_value(value) -> str:
@@ -105,12 +122,21 @@ def markdown_report(metrics: dict) -> str:
         lines.append(f"| … {len(rows) - MAX_TABLE_ROWS} more in metrics.json | |")
     t = m["timing"]
     opts = ", ".join(f"{k}={v}" for k, v in m["benchmark_options"].items())
-    lines += ["", f"- model: `{m['run']['model']}` (tower: {m['run']['tower']}, LLM: {m['run']['llm']})",
-              f"- data: `{m['data']}`" + (f"; options: {opts}" if opts else ""),
+    run = m["run"]
+    if run["model"] is None:
+        a = m.get("answers") or {}
+        source = (f"- answers: `{run['answers_file']}` ({run['answers_format']} format"
+                  + (f", model_id {run['model_id']}" if run.get("model_id") else "") + "), re-scored without a model")
+        done = (f"- {a.get('matched')} questions answered; unknown ids {a.get('unknown', {}).get('count')}, "
+                f"repeated {a.get('duplicate', {}).get('count')}, missing {a.get('missing', {}).get('count')}; "
+                f"total {t['total_s']:.1f} s")
+    else:
+        source = f"- model: `{run['model']}` (tower: {run['tower']}, LLM: {run['llm']})"
+        done = (f"- generated {t['generated']} ({t['reused_from_cache']} from cache) in {t['generate_s']:.1f} s; "
+                f"total {t['total_s']:.1f} s")
+    lines += ["", source, f"- data: `{m['data']}`" + (f"; options: {opts}" if opts else ""),
               f"- items: {m['n']}" + (f" of {m['n_available']} (limit {m['limit']})" if m["limit"] else "")
-              + f"; skipped: {m['skipped']['count']}",
-              (f"- generated {t['generated']} ({t['reused_from_cache']} from cache) in {t['generate_s']:.1f} s; "
-               f"total {t['total_s']:.1f} s")]
+              + f"; skipped: {m['skipped']['count']}", done]
     notes = m["metrics"].get("notes") or []
     if notes:
         lines += ["", "Notes:"] + [f"- {n}" for n in notes]
@@ -145,9 +171,11 @@ def write_outputs(output_dir: Path, items, predictions: dict, score, metrics: di
 def print_summary(metrics: dict, files: dict) -> None:
     t = metrics["timing"]
     rate = f", {t['items_per_s']:.2f} items/s" if t.get("items_per_s") else ""
+    how = (f"re-scored {metrics['run']['answers_file']}" if metrics["run"]["model"] is None else
+           f"{t['generated']} generated, {t['reused_from_cache']} from cache{rate}")
     print(f"{metrics['display_name']} [{metrics['run']['label']}] {metrics['main_metric']} = "
           f"{format_value(metrics['main'])}  (n={metrics['n']}, skipped {metrics['skipped']['count']}; "
-          f"{t['generated']} generated, {t['reused_from_cache']} from cache{rate}; {t['total_s']:.1f} s)")
+          f"{how}; {t['total_s']:.1f} s)")
     for note in metrics["metrics"].get("notes") or []:
         print(f"  note: {note}")
     print(f"  metrics: {files['metrics']}\n  table:   {files['markdown']}\n  answers: {files['predictions']}")

@@ -6,6 +6,10 @@ output equals batch size 1). Every finished batch is appended to a prediction ca
 resumes where it stopped; a run whose items are all cached never loads the model. An unreadable image is a
 counted, logged skip: the item keeps no prediction, so the scorer counts it wrong (the official denominators
 stay intact) and the metrics notes say how many and why.
+
+``answers=FILE`` re-scores answers produced elsewhere (LLaVA's answers JSONL, our predictions.jsonl) with the
+same scorers and writes the same files, without a model. ``protocol="llava"`` decodes as LLaVA's eval scripts
+do (batch 1, fp16 on CUDA, greedy, each benchmark's token budget) instead of batched bf16.
 """
 from __future__ import annotations
 
@@ -32,6 +36,30 @@ from .types import Benchmark, EvalItem, ScoreResult
 
 log = logging.getLogger(__name__)
 MAX_LOGGED_SKIPS = 10
+PROTOCOLS = ("batched", "llava")
+DEFAULT_BATCH_SIZE = 8
+
+
+def apply_protocol(config: "EvalConfig", device: str) -> tuple["EvalConfig", list[str]]:
+    """The config with the protocol's decoding settings filled in, and notes for the metrics.
+
+    ``llava``: LLaVA's ``model_vqa_loader`` asserts batch size 1 and runs the model in fp16 (``.half()``);
+    generation is greedy with each loader's budget, which every item already carries. An explicit setting
+    that contradicts the protocol is an error rather than silently overridden.
+    """
+    if config.protocol != "llava":
+        return dataclasses.replace(config, batch_size=config.batch_size or DEFAULT_BATCH_SIZE), []
+    if config.batch_size not in (None, 1):
+        raise ValueError(f"--protocol llava decodes one question at a time; drop --batch-size {config.batch_size}")
+    if config.dtype not in (None, "fp16"):
+        raise ValueError(f"--protocol llava runs in fp16 (as LLaVA's eval scripts); drop --dtype {config.dtype}")
+    notes = ["protocol llava: batch size 1, greedy, LLaVA's per-benchmark max_new_tokens"]
+    on_cuda = device.startswith("cuda")
+    if on_cuda:
+        notes[0] += ", fp16"
+    else:
+        notes.append("protocol llava: LLaVA runs fp16 on CUDA; this run is on CPU, which computes in fp32")
+    return dataclasses.replace(config, batch_size=1, dtype="fp16" if on_cuda else config.dtype), notes
 
 
 @dataclass
@@ -44,7 +72,7 @@ class EvalConfig:
     options: dict = field(default_factory=dict)  # benchmark options (see parse_options)
     output_dir: str | None = None  # default: see default_output_dir
     limit: int | None = None  # first N items
-    batch_size: int = 8
+    batch_size: int | None = None  # default 8 (protocol llava: 1)
     num_workers: int = 2  # DataLoader workers decoding images (0: in the main process)
     max_new_tokens: int | None = None  # override every item's budget
     device: str | None = None  # default: cuda when available, else cpu
@@ -54,9 +82,15 @@ class EvalConfig:
     label: str | None = None  # run name in reports and `compare` (default: the model folder's name)
     overwrite: bool = False  # discard a cache written by another setup instead of refusing
     progress: bool = True
+    answers: str | None = None  # re-score this answers file instead of running a model
+    protocol: str = "batched"  # "batched" (default) or "llava": batch 1, fp16 on CUDA, as LLaVA's scripts
 
     def validate(self) -> None:
-        if self.batch_size < 1:
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
+        if self.answers is not None and self.model is not None:
+            raise ValueError("--answers re-scores an answers file without a model; drop --model (or --answers)")
+        if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
@@ -158,7 +192,8 @@ def _cache_header(config: EvalConfig, bench: Benchmark, model_dir: Path, device:
         "model": model_fingerprint(model_dir),
         "generation": {"dtype": str(resolve_dtype(config.dtype, device)).replace("torch.", ""),
                        "quantization": config.quantization or "none", "max_new_tokens": config.max_new_tokens,
-                       "greedy": True, **({"merge_on_load": True} if config.merge_on_load else {})},
+                       "greedy": True, **({"merge_on_load": True} if config.merge_on_load else {}),
+                       **({"protocol": config.protocol} if config.protocol != "batched" else {})},
     }
 
 
@@ -209,19 +244,7 @@ def generate_pending(model, processor, items: list[EvalItem], cache: PredictionC
     return answers, skipped
 
 
-def run_eval(config: EvalConfig, model=None, processor=None) -> EvalResult:
-    """Evaluate, write predictions / metrics / markdown / submission files, and return the result.
-
-    ``model``/``processor`` may be passed already loaded (they must be the checkpoint at ``config.model``,
-    which still identifies the run in the cache and the reports).
-    """
-    config.validate()
-    t0 = time.perf_counter()
-    model_dir = resolve_model_dir(config.model)
-    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    output_dir = Path(config.output_dir) if config.output_dir else default_output_dir(config, model_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    bench = _make_benchmark(config, output_dir)
+def _load_items(config: EvalConfig, bench: Benchmark) -> tuple[list[EvalItem], int]:
     items = bench.load()
     n_available = len(items)
     if config.limit is not None:
@@ -233,6 +256,26 @@ def run_eval(config: EvalConfig, model=None, processor=None) -> EvalResult:
     duplicates = [q for q, n in Counter(it.question_id for it in items).items() if n > 1]
     if duplicates:  # the cache and the scorers key answers by question id
         raise ValueError(f"benchmark {bench.name}: question ids occur more than once: {duplicates[:5]}")
+    return items, n_available
+
+
+def run_eval(config: EvalConfig, model=None, processor=None) -> EvalResult:
+    """Evaluate, write predictions / metrics / markdown / submission files, and return the result.
+
+    ``model``/``processor`` may be passed already loaded (they must be the checkpoint at ``config.model``,
+    which still identifies the run in the cache and the reports). With ``config.answers`` no model is used.
+    """
+    config.validate()
+    if config.answers is not None:
+        return rescore(config)
+    t0 = time.perf_counter()
+    model_dir = resolve_model_dir(config.model)
+    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    config, protocol_notes = apply_protocol(config, device)
+    output_dir = Path(config.output_dir) if config.output_dir else default_output_dir(config, model_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    bench = _make_benchmark(config, output_dir)
+    items, n_available = _load_items(config, bench)
     timing = {"load_items_s": time.perf_counter() - t0}
 
     with PredictionCache(output_dir / "cache.jsonl", _cache_header(config, bench, model_dir, device),
@@ -264,24 +307,57 @@ def run_eval(config: EvalConfig, model=None, processor=None) -> EvalResult:
 
     predictions = {it.question_id: answers.get(it.question_id, cached.get(it.question_id)) for it in items}
     predictions = {q: a for q, a in predictions.items() if a is not None}
-    t3 = time.perf_counter()
-    score = bench.score(items, predictions)
+    notes = list(protocol_notes)
     if skipped:
         reasons = Counter(err.reason for _, err in skipped)
         by_reason = ", ".join(f"{r}: {n}" for r, n in sorted(reasons.items()))
-        score.metrics.setdefault("notes", []).append(
-            f"{len(skipped)} items skipped for unreadable images ({by_reason}); "
-            "they have no prediction and count as wrong")
+        notes.append(f"{len(skipped)} items skipped for unreadable images ({by_reason}); they have no prediction "
+                     "and are scored as the benchmark scores a missing answer (see the other notes)")
+    source = run_info(config, model_dir, device)
+    return _finish(config, bench, items, predictions, output_dir, source, notes, t0, timing,
+                   counts=dict(n_available=n_available, skipped=skipped, generated=len(answers), reused=len(cached),
+                               stale=stale))
+
+
+def rescore(config: EvalConfig) -> EvalResult:
+    """Score an answers file (LLaVA's or ours) without a model: same metrics, tables and submission files."""
+    from .answers import match_answers, read_answers
+
+    t0 = time.perf_counter()
+    answers = read_answers(config.answers)
+    label = config.label or answers.model_id or Path(config.answers).stem
+    output_dir = Path(config.output_dir) if config.output_dir else \
+        Path("eval_results") / label / get_benchmark(config.benchmark).name
+    bench = _make_benchmark(config, output_dir)
+    items, n_available = _load_items(config, bench)
+    predictions, report = match_answers(bench, items, answers)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    source = {"label": label, "model": None, "answers_file": str(Path(config.answers).resolve()),
+              "answers_format": answers.format, "model_id": answers.model_id, "answers_report": report.to_dict()}
+    timing = {"load_items_s": time.perf_counter() - t0, "load_model_s": 0.0, "generate_s": 0.0}
+    return _finish(config, bench, items, predictions, output_dir, source, report.notes(answers.path), t0, timing,
+                   counts=dict(n_available=n_available, skipped=[], generated=0, reused=0, stale=0))
+
+
+def run_info(config: EvalConfig, model_dir: Path, device: str) -> dict:
+    """The ``run`` block of metrics.json for a model run (``source`` of ``_finish``)."""
+    return {"label": config.label or model_dir.resolve().name, "model_dir": model_dir, "device": device}
+
+
+def _finish(config: EvalConfig, bench: Benchmark, items: list[EvalItem], predictions: dict[str, str],
+            output_dir: Path, source: dict, notes: list[str], t0: float, timing: dict, counts: dict) -> EvalResult:
+    """Score, write submission files / predictions / metrics / markdown, print the summary."""
+    t3 = time.perf_counter()
+    score = bench.score(items, predictions)
+    score.metrics["notes"] = notes + score.metrics.get("notes", [])
     submission = [str(p) for p in bench.write_submission(items, predictions, output_dir)]
     timing["score_s"] = time.perf_counter() - t3
     timing["total_s"] = time.perf_counter() - t0
-    metrics = build_metrics(
-        bench=bench, options=benchmark_options(bench), config=config, model_dir=model_dir, device=device,
-        score=score, n_items=len(items), n_available=n_available, skipped=skipped, generated=len(answers),
-        reused=len(cached), stale=stale, timing=timing, submission=submission)
-    files = write_outputs(output_dir, items, predictions, score, metrics, skipped)
+    metrics = build_metrics(bench=bench, options=benchmark_options(bench), config=config, source=source,
+                            score=score, n_items=len(items), timing=timing, submission=submission, **counts)
+    files = write_outputs(output_dir, items, predictions, score, metrics, counts["skipped"])
     print_summary(metrics, files)
-    return EvalResult(metrics, predictions, score, output_dir, files, len(answers))
+    return EvalResult(metrics, predictions, score, output_dir, files, counts["generated"])
 
 
 def _progress(enabled: bool, total: int, done: int, desc: str):
@@ -292,5 +368,5 @@ def _progress(enabled: bool, total: int, done: int, desc: str):
     return tqdm(total=total, initial=done, desc=desc, unit="item", dynamic_ncols=True)
 
 
-__all__ = ["EvalConfig", "EvalResult", "ImageItemDataset", "benchmark_options", "budget_batches",
-           "default_output_dir", "generate_pending", "run_eval"]
+__all__ = ["EvalConfig", "EvalResult", "ImageItemDataset", "PROTOCOLS", "apply_protocol", "benchmark_options",
+           "budget_batches", "default_output_dir", "generate_pending", "rescore", "run_eval"]

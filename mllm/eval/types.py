@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..constants import IMAGE_TOKEN
+from ..errors import UserError
 
 # LLaVA-1.5's answer-format instructions (docs/Evaluation.md, llava/eval/model_vqa_mmbench.py).
 SHORT_ANSWER = "Answer the question using a single word or phrase."
@@ -25,7 +26,7 @@ SHORT_MAX_NEW_TOKENS = 128
 LONG_MAX_NEW_TOKENS = 1024
 
 
-class BenchmarkDataError(ValueError):
+class BenchmarkDataError(UserError, ValueError):
     """A benchmark's files are missing or malformed; the message names the file and what is wrong."""
 
 
@@ -96,6 +97,10 @@ class Benchmark(abc.ABC):
     display_name: ClassVar[str] = ""
     main_metric: ClassVar[str] = "accuracy"
     server_side: ClassVar[bool] = False
+    # What the official code does with a question that has no answer: "wrong" (it stays in the denominator,
+    # e.g. eval_science_qa.py, convert_seed_for_submission.py) or "excluded" (the metric is computed over the
+    # answers present, e.g. m4c's TextVQA evaluator, eval_pope.py).
+    missing_answers: ClassVar[str] = "wrong"
 
     @abc.abstractmethod
     def load(self) -> list[EvalItem]:
@@ -110,6 +115,16 @@ class Benchmark(abc.ABC):
         """Write server/judge answer files under ``out_dir``; returns their paths ([] when none apply)."""
         return []
 
+    @staticmethod
+    def llava_key(item: EvalItem) -> str:
+        """The ``question_id`` LLaVA's answers file uses for ``item`` (as text); several items may share one."""
+        return str(item.meta.get("llava_id", item.question_id))
+
+    @staticmethod
+    def llava_answer_key(record: Mapping) -> str:
+        """The key of one line of LLaVA's answers file, comparable with ``llava_key``."""
+        return str(record["question_id"])
+
     @classmethod
     def options(cls) -> dict[str, Any]:
         """Option name -> default, for command-line help (``data`` excluded)."""
@@ -121,19 +136,27 @@ class Benchmark(abc.ABC):
         return ScoreResult({**head, **metrics, "notes": notes}, per_sample)
 
 
-def gather_predictions(items: Sequence[EvalItem], predictions: Mapping[str, str],
-                       notes: list[str]) -> list[str]:
-    """Prediction text per item; a missing or None prediction counts as the empty answer (noted)."""
-    out, missing = [], 0
+def gather_predictions(items: Sequence[EvalItem], predictions: Mapping[str, str], notes: list[str],
+                       missing: str = "wrong", official: str = "") -> tuple[list[EvalItem], list[str]]:
+    """(items, answer texts) to score. A missing or None prediction is the empty answer (``missing="wrong"``)
+    or leaves the item out (``"excluded"``), as ``official`` (the official script's name) does; either way
+    it is counted and noted."""
+    kept, texts, absent = [], [], []
     for it in items:
         text = predictions.get(it.question_id)
         if text is None:
-            missing += 1
+            absent.append(it.question_id)
+            if missing == "excluded":
+                continue
             text = ""
-        out.append(str(text))
-    if missing:
-        notes.append(f"{missing} of {len(items)} items had no prediction and were scored as empty answers")
-    return out
+        kept.append(it)
+        texts.append(str(text))
+    if absent:
+        how = ("left out of every denominator" if missing == "excluded" else "scored as empty (wrong) answers")
+        where = f", as {official} does" if official else ""
+        notes.append(f"{len(absent)} of {len(items)} items had no prediction and were {how}{where} "
+                     f"(first: {', '.join(absent[:5])})")
+    return kept, texts
 
 
 def ratio(num: float, den: float, what: str, notes: list[str], default: float | None = 0.0) -> float | None:

@@ -98,7 +98,7 @@ class LLaVABench(Benchmark):
 
     def score(self, items: Sequence[EvalItem], predictions: Mapping[str, str]) -> ScoreResult:
         notes: list[str] = []
-        texts = gather_predictions(items, predictions, notes)
+        _, texts = gather_predictions(items, predictions, notes)
         if self.judge is None:
             notes.append("judge not configured (set OPENAI_API_KEY and/or OPENAI_BASE_URL): answers written in "
                          "LLaVA's answer format only")

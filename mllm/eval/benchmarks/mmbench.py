@@ -55,6 +55,12 @@ class MMBench(Benchmark):
     main_metric = "accuracy"
     server_side = True
 
+    @staticmethod
+    def llava_answer_key(record) -> str:
+        """LLaVA's ``model_vqa_mmbench.py`` answers: the row ``index`` plus, with ``--all-rounds``, the rotation
+        ``round_id`` (our generated rotations are ``index + round * 1e6``)."""
+        return str(int(record["question_id"]) + int(record.get("round_id") or 0) * CIRCULAR_OFFSET)
+
     def _tsv(self) -> Path:
         p = Path(self.data)
         return p if p.is_file() else p / f"{self.split}.tsv"
@@ -131,7 +137,7 @@ class MMBench(Benchmark):
 
     def score(self, items: Sequence[EvalItem], predictions: Mapping[str, str]) -> ScoreResult:
         notes: list[str] = []
-        texts = gather_predictions(items, predictions, notes)
+        _, texts = gather_predictions(items, predictions, notes)
         if any(it.target["gt"] is None for it in items):
             notes.append("no answers (test split): scored by the OpenCompass server; upload the xlsx")
             return self._result({"accuracy": None}, {}, notes, len(items))

@@ -1,7 +1,8 @@
 """MM-Vet (218 questions), judged like the official ``mm-vet_evaluator.py`` when an OpenAI-compatible endpoint
 is configured.
 
-Expected layout under ``data`` (``mm-vet.zip``)::
+Expected layout under ``data`` (``mm-vet.zip``; LLaVA's ``playground/data/eval/mm-vet``, whose
+``llava-mm-vet.jsonl`` then gives the prompts, its question ``N`` being ``v1_N``)::
 
     mm-vet.json   {"v1_0": {"imagename": "v1_0.png", "question", "answer", "capability": [...]}, ...}
     images/<imagename>
@@ -9,7 +10,8 @@ Expected layout under ``data`` (``mm-vet.zip``)::
 Prompt: ``<image>\\n{question}`` (no suffix). The results file (``write_submission``) is ``{"v1_0": answer, ...}``
 as LLaVA's ``convert_mmvet_for_eval.py`` writes it. The judge (default ``gpt-4-0613``, max 3 tokens) completes
 a few-shot table with a 0.0-1.0 correctness; unparsable replies are retried with a "(digit)" hint at rising
-temperature and score 0.0 after the fifth retry. Scores: per capability and total, percent, mean over runs.
+temperature and score 0.0 after the fifth retry; a reply of "nan" passes the official range check and makes
+the totals NaN there, and here (noted). Scores: per capability and total, percent, mean over runs.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from pathlib import Path
 
 from ..io import read_json, require_keys, write_json
 from ..judge import JudgeClient, JudgeConfig
+from ..llava_files import find_question_file, read_questions
 from ..types import LONG_MAX_NEW_TOKENS, Benchmark, BenchmarkDataError, EvalItem, ScoreResult, gather_predictions, \
     prompt_with_image
 
@@ -99,23 +102,44 @@ class MMVet(Benchmark):
     display_name = "MM-Vet"
     main_metric = "total"
 
-    def load(self) -> list[EvalItem]:
-        root = Path(self.data)
+    @staticmethod
+    def _metadata(root: Path, required: bool = True) -> dict:
+        if not required and not (root / "mm-vet.json").is_file():
+            return {}
         meta = read_json(root / "mm-vet.json")
         if not isinstance(meta, dict):
             raise BenchmarkDataError(f"{root / 'mm-vet.json'}: expected an object keyed by question id")
-        items = []
         for qid, q in meta.items():
             require_keys(q, ("imagename", "question", "answer", "capability"), f"mm-vet.json {qid}")
-            items.append(EvalItem(
-                question_id=str(qid), prompt=prompt_with_image(q["question"]),
-                images=(str(root / "images" / q["imagename"]),), max_new_tokens=LONG_MAX_NEW_TOKENS,
-                target={"question": q["question"], "answer": q["answer"], "capability": list(q["capability"])}))
-        return items
+        return meta
+
+    @staticmethod
+    def _target(q: dict | None):
+        return None if q is None else {"question": q["question"], "answer": q["answer"],
+                                       "capability": list(q["capability"])}
+
+    def load(self) -> list[EvalItem]:
+        qfile = find_question_file(self.data, self.name)
+        root = Path(self.data) if qfile is None else qfile.parent
+        if qfile is not None:
+            meta = self._metadata(root, required=False)
+            return [EvalItem(question_id=f"v1_{r['question_id']}", prompt=prompt_with_image(r["text"]),
+                             images=(str(root / "images" / r["image"]),), max_new_tokens=LONG_MAX_NEW_TOKENS,
+                             target=self._target(meta.get(f"v1_{r['question_id']}")),
+                             meta={"llava_id": r["question_id"]})
+                    for r in read_questions(qfile, benchmark="MM-Vet")]
+        return [EvalItem(question_id=str(qid), prompt=prompt_with_image(q["question"]),
+                         images=(str(root / "images" / q["imagename"]),), max_new_tokens=LONG_MAX_NEW_TOKENS,
+                         target=self._target(q), meta={"llava_id": int(qid[3:]) if qid[3:].isdigit() else qid})
+                for qid, q in self._metadata(root).items()]
 
     def score(self, items: Sequence[EvalItem], predictions: Mapping[str, str]) -> ScoreResult:
         notes: list[str] = []
-        texts = gather_predictions(items, predictions, notes)
+        _, texts = gather_predictions(items, predictions, notes)
+        if any(it.target is None for it in items):
+            notes.append("mm-vet.json (questions' answers and capabilities) not found: results file written for "
+                         "the official grader only")
+            return self._result({"total": None, "judged": False}, {}, notes, len(items))
         if self.judge is None:
             notes.append("judge not configured (set OPENAI_API_KEY and/or OPENAI_BASE_URL): results file written "
                          "for the official grader only")
@@ -132,8 +156,8 @@ class MMVet(Benchmark):
                 t = it.target
                 s, content = grade(client, model, t["question"], t["answer"], text, run)
                 if s != s:  # "nan" passes the official range check and turns its totals into NaN
-                    notes.append(f"{it.question_id} run {run}: judge replied {content!r} (NaN); counted as 0.0")
-                    s = 0.0
+                    notes.append(f"{it.question_id} run {run}: judge replied {content!r}, which the official "
+                                 "grader accepts as NaN; its totals become NaN, as here")
                 per_sample.setdefault(it.question_id, {"scores": [], "contents": []})
                 per_sample[it.question_id]["scores"].append(s)
                 per_sample[it.question_id]["contents"].append(content)

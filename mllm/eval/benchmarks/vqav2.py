@@ -1,6 +1,9 @@
 """VQAv2 (LLaVA-1.5 reports test-dev2015, scored by the EvalAI server).
 
-Expected layout under ``data`` (the official download; LLaVA's ``playground/data/eval/vqav2``)::
+LLaVA's eval.zip layout (``playground/data/eval/vqav2``: ``llava_vqav2_mscoco_test-dev2015.jsonl``, the
+prompts LLaVA used, + ``test2015/``) is read as is, and the upload then lists every question of
+``llava_vqav2_mscoco_test2015.jsonl`` (empty answers outside test-dev), as LLaVA's converter writes it.
+Otherwise the official download, under ``data``::
 
     v2_OpenEnded_mscoco_<split>_questions.json   {"data_subtype": ..., "questions": [{question_id, image_id, question}]}
     v2_mscoco_<split>_annotations.json           optional (train/val): {"annotations": [{question_id, answers[10],
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..io import read_json, require_keys, write_json
+from ..llava_files import QUESTION_FILES, find_question_file, read_questions
 from ..scorers.vqa import evalai_normalize, vqa_eval_accuracy
 from ..types import (SHORT_ANSWER, Benchmark, BenchmarkDataError, EvalItem, ScoreResult, gather_predictions,
                      prompt_with_image)
@@ -37,7 +41,7 @@ def score_vqa_style(items: Sequence[EvalItem], predictions: Mapping[str, str], s
     """VQAv2 and VizWiz: EvalAI-normalised answers scored by ``score_fn``, or (None, {}, notes) when the split
     has no answers (test splits are scored by the EvalAI server). Returns (metrics, per_sample, notes)."""
     notes: list[str] = []
-    texts = gather_predictions(items, predictions, notes)
+    _, texts = gather_predictions(items, predictions, notes)
     if any(it.target is None for it in items):
         notes.append(f"no answers for split {split}: scored by the EvalAI server; "
                      "upload the file written by write_submission")
@@ -78,6 +82,13 @@ class VQAv2(Benchmark):
                 root / f"v2_mscoco_{self.split}_annotations.json")
 
     def load(self) -> list[EvalItem]:
+        llava = find_question_file(self.data, self.name)
+        if llava is not None:
+            image_dir = Path(self.image_dir) if self.image_dir else llava.parent / "test2015"
+            return [EvalItem(question_id=str(r["question_id"]), prompt=prompt_with_image(r["text"]),
+                             images=(str(image_dir / r["image"]),), target=None,
+                             meta={"question_id": r["question_id"], "llava_file": str(llava)})
+                    for r in read_questions(llava, benchmark="VQAv2")]
         qfile, afile = self._files()
         qdata = read_json(qfile)
         if not isinstance(qdata, dict) or "questions" not in qdata:
@@ -117,7 +128,11 @@ class VQAv2(Benchmark):
         return self._result(metrics, per_sample, notes, len(items))
 
     def write_submission(self, items, predictions, out_dir) -> list[Path]:
-        rows = [{"question_id": it.meta["question_id"],
-                 "answer": evalai_normalize(predictions[it.question_id]) if it.question_id in predictions else ""}
-                for it in items]
+        ids = [it.meta["question_id"] for it in items]
+        full = Path(items[0].meta["llava_file"]).parent / QUESTION_FILES["vqav2"][1] if items and \
+            "llava_file" in items[0].meta else None
+        if full is not None and full.is_file():  # LLaVA's upload covers all of test2015
+            ids = [r["question_id"] for r in read_questions(full, benchmark="VQAv2")]
+        rows = [{"question_id": q,
+                 "answer": evalai_normalize(predictions[str(q)]) if str(q) in predictions else ""} for q in ids]
         return [write_json(Path(out_dir) / f"vqav2_{self.split}_submission.json", rows)]

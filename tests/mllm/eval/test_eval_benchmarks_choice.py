@@ -80,7 +80,7 @@ def test_mme_prompts_scores_and_totals(tmp_path):
     assert res.metrics["subtasks"]["OCR"]["score"] == 200.0
     assert res.metrics["perception"] == 325.0 and res.metrics["cognition"] == 200.0 and res.metrics["total"] == 525.0
     assert res.main == 325.0 and any("absent" in n for n in res.metrics["notes"])
-    res = bench.score(items, {**preds, "OCR/0.jpg/0": "yes\tmaybe"})
+    res = bench.score(items, {**preds, "OCR/images/0.jpg/0": "yes\tmaybe"})
     assert any("tabs/newlines" in n for n in res.metrics["notes"])
 
 
@@ -182,15 +182,17 @@ def test_seed_bench(tmp_path):
     (tmp_path / "SEED-Bench.json").write_text(json.dumps({"questions": qs, "question_type": {"Counting": 5,
                                                                                              "Action": 10}}))
     bench = load_benchmark("seed", tmp_path)
-    items = bench.load()  # no SEED-Bench-video-image folder: the video question is skipped and counted
-    assert [i.question_id for i in items] == ["101"]
-    assert items[0].prompt == "<image>\nHow many?\nA. One\nB. Two\nC. Three\nD. Four\n" + MCQ_ANSWER
-    res = bench.score(items, {"101": "B"})
-    assert res.metrics["accuracy"] == 100.0 and res.metrics["video_accuracy"] is None
-    assert any("1 video questions skipped" in n for n in res.metrics["notes"])
-    (tmp_path / "SEED-Bench-video-image").mkdir()
     items = bench.load()
+    assert [i.question_id for i in items] == ["101", "v7"]
+    assert items[0].prompt == "<image>\nHow many?\nA. One\nB. Two\nC. Three\nD. Four\n" + MCQ_ANSWER
     assert items[1].images == (str(tmp_path / "SEED-Bench-video-image" / "10_v7.png"),)
+    # no extracted frame -> no answer: convert_seed_for_submission.py counts the question wrong
+    res = bench.score(items, {"101": "B"})
+    assert res.metrics["accuracy"] == 50.0 and res.metrics["video_accuracy"] == 0.0
+    assert any("1 video questions have no answer" in n for n in res.metrics["notes"])
+    image_only = load_benchmark("seed", tmp_path, include_video=False)
+    assert [i.question_id for i in image_only.load()] == ["101"]
+    assert image_only.score(image_only.load(), {"101": "B"}).metrics["accuracy"] == 100.0
     res = bench.score(items, {"101": "B", "v7": "D."})  # exact string equality: "D." is wrong
     assert res.metrics["accuracy"] == 50.0 and res.metrics["per_question_type"] == {"Action": 0.0, "Counting": 100.0}
 

@@ -91,11 +91,12 @@ def test_textvqa_ocr_switch_and_score(tmp_path):
              "ocr_tokens": []}]
     (root / "TextVQA_0.5.1_val.json").write_text(json.dumps({"data": data}))
     items = load_benchmark("textvqa", root).load()
-    assert items[0].prompt == "<image>\nwhat brand is it?\nReference OCR token: Dakota, digital" + SUFFIX
-    assert items[1].prompt == "<image>\nwhat number?" + SUFFIX  # no tokens, no OCR line
+    # as llava_textvqa_val_v051_ocr.jsonl: first letter upper-cased, the OCR line kept even without tokens
+    assert items[0].prompt == "<image>\nWhat brand is it?\nReference OCR token: Dakota, digital" + SUFFIX
+    assert items[1].prompt == "<image>\nWhat number?\nReference OCR token: " + SUFFIX
     assert items[0].images == (str(root / "train_images" / "abc.jpg"),)
     plain = load_benchmark("textvqa", root, use_ocr=False).load()
-    assert plain[0].prompt == "<image>\nwhat brand is it?" + SUFFIX
+    assert plain[0].prompt == "<image>\nWhat brand is it?" + SUFFIX
     res = load_benchmark("textvqa", root).score(items, {"5": "Dakota", "6": "stop"})
     assert res.metrics["accuracy"] == pytest.approx(100 * (1.0 + 0.6) / 2)
 

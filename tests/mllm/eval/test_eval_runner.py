@@ -118,8 +118,9 @@ def test_unreadable_images_are_counted_skips(synthetic_bench, tiny_checkpoint, l
     rows = [json.loads(line) for line in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
     skipped_rows = [r for r in rows if "skipped" in r]
     assert len(skipped_rows) == 4 and all(r["prediction"] is None for r in skipped_rows)
-    # the official denominator is kept: a skipped item is scored as an (empty, hence wrong) answer
-    assert res.metrics["metrics"]["splits"]["random"]["n"] == 12
+    # scored as eval_pope.py scores a missing answer: it computes over the answers it is given
+    assert res.metrics["metrics"]["splits"]["random"]["n"] == 8
+    assert any("had no prediction and were left out" in n for n in res.metrics["metrics"]["notes"])
 
     # skips are not cached: once the image is back, a rerun answers exactly those items
     Image.new("RGB", (9, 9), "red").save(images[1])
