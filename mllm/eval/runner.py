@@ -122,12 +122,14 @@ def benchmark_options(bench: Benchmark) -> dict:
 
 
 def default_output_dir(config: EvalConfig, model_dir: Path) -> Path:
-    """``eval_results/<model folder>/<benchmark>[-k=v...]`` (under the quickstart folder for its model), so
-    runs with other options never share a cache."""
+    """``eval_results/<model folder>/<benchmark>[-k=v...][-protocol=llava]`` (under the quickstart folder for its
+    model), so runs with other options or protocols never share a cache."""
     name = get_benchmark(config.benchmark).name
     if config.options:
         name += "-" + "-".join(f"{k}={','.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"
                                for k, v in sorted(config.options.items()))
+    if config.protocol != "batched":
+        name += f"-protocol={config.protocol}"
     root = quickstart_dir() / "eval" if config.model is None else Path("eval_results") / model_dir.resolve().name
     return root / name.replace("/", "_")
 

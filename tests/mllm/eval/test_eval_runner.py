@@ -258,3 +258,35 @@ def test_sigkilled_cli_run_resumes(synthetic_bench, tiny_checkpoint, loaded_chec
                      output_dir=str(out), batch_size=6, num_workers=0, max_new_tokens=8, progress=False)
     resumed = run_eval(cfg, model, processor)
     assert resumed.generated == 18 - done == sum(map(len, calls)) and len(resumed.predictions) == 18
+
+
+def test_protocol_llava_decodes_one_by_one_with_llavas_settings(synthetic_bench, tiny_checkpoint, loaded_checkpoint,
+                                                                tmp_path):
+    model, processor = loaded_checkpoint
+    vqa = synthetic_bench["vqav2"]
+    batched = run_eval(_config(vqa, tiny_checkpoint, tmp_path / "b", batch_size=5, max_new_tokens=6), model, processor)
+    llava = run_eval(_config(vqa, tiny_checkpoint, tmp_path / "l", protocol="llava", max_new_tokens=6), model,
+                     processor)
+    assert llava.predictions == batched.predictions  # batching never changes a greedy answer
+    gen = llava.metrics["generation"]
+    assert gen["protocol"] == "llava" and gen["batch_size"] == 1 and batched.metrics["generation"]["batch_size"] == 5
+    notes = llava.metrics["metrics"]["notes"]
+    assert any("protocol llava: batch size 1" in n for n in notes) and any("computes in fp32" in n for n in notes)
+    with pytest.raises(ValueError, match="one question at a time; drop --batch-size 4"):
+        run_eval(_config(vqa, tiny_checkpoint, tmp_path / "x", protocol="llava", batch_size=4), model, processor)
+
+
+def test_protocol_resolution():
+    from mllm.eval.runner import apply_protocol
+
+    base = EvalConfig(benchmark="pope", data="d")
+    cfg, notes = apply_protocol(base, "cuda:1")
+    assert (cfg.batch_size, cfg.dtype) == (8, None) and notes == []
+    cfg, notes = apply_protocol(EvalConfig(benchmark="pope", data="d", protocol="llava"), "cuda:1")
+    assert (cfg.batch_size, cfg.dtype) == (1, "fp16") and "fp16" in notes[0]
+    cfg, _ = apply_protocol(EvalConfig(benchmark="pope", data="d", protocol="llava", batch_size=1), "cpu")
+    assert (cfg.batch_size, cfg.dtype) == (1, None)
+    with pytest.raises(ValueError, match="runs in fp16"):
+        apply_protocol(EvalConfig(benchmark="pope", data="d", protocol="llava", dtype="bf16"), "cuda")
+    with pytest.raises(ValueError, match="protocol must be one of"):
+        EvalConfig(benchmark="pope", data="d", protocol="fast").validate()
