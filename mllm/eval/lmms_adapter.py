@@ -79,6 +79,25 @@ class LLM2CLIPLlava(_LmmsBase):
         self._setup(model, processor, batch_size, max_new_tokens, loglikelihood)
 
     @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):
+        """Build from ``--model_args`` plus the keywords lmms-eval adds from its own flags (``batch_size``,
+        ``max_batch_size``, ``device``). lmms-eval's base class passes both sets to ``__init__``, which fails
+        with "got multiple values for keyword argument 'batch_size'" when ``--model_args`` also sets it; here
+        ``--model_args`` wins (it is the more specific), with a warning when the two differ from lmms-eval's
+        own default."""
+        from lmms_eval.utils import simple_parse_args_string
+
+        args = simple_parse_args_string(arg_string or "")
+        for key, value in (additional_config or {}).items():
+            if value is None:
+                continue
+            if key not in args:
+                args[key] = value
+            elif str(args[key]) != str(value) and not (key == "batch_size" and str(value) == "1"):
+                log.warning("model_args %s=%s overrides lmms-eval's --%s %s", key, args[key], key, value)
+        return cls(**args)
+
+    @classmethod
     def from_loaded(cls, model, processor, batch_size: int | str = 1, max_new_tokens: int | str = 1024,
                     loglikelihood: str = "nll"):
         """Wrap a model already in memory (tests, notebooks)."""

@@ -230,3 +230,14 @@ def test_entry_point_registers_the_model_with_lmms_eval(tmp_path, monkeypatch, t
     lm = cls.create_from_arg_string(f"pretrained={tiny_checkpoint},max_new_tokens=3",
                                     {"batch_size": 2, "max_batch_size": None, "device": "cpu"})
     assert lm.batch_size == 2 and lm.max_new_tokens == 3 and lm.rank == 0 and lm.world_size == 1
+
+
+def test_batch_size_in_model_args_and_from_lmms_eval_both_work(tiny_checkpoint):
+    """lmms-eval passes its own batch_size/device next to --model_args; model_args win instead of crashing with
+    "got multiple values for keyword argument 'batch_size'"."""
+    pytest.importorskip("lmms_eval")
+    lm = LLM2CLIPLlava.create_from_arg_string(f"pretrained={tiny_checkpoint},batch_size=8,max_new_tokens=3",
+                                              {"batch_size": 1, "max_batch_size": None, "device": "cpu"})
+    assert lm.batch_size == 8 and lm.max_new_tokens == 3
+    lm = LLM2CLIPLlava.create_from_arg_string(f"pretrained={tiny_checkpoint}", {"batch_size": "3", "device": "cpu"})
+    assert lm.batch_size == 3
