@@ -173,8 +173,9 @@ def to_markdown(comp: Comparison, title: str = "Comparison") -> str:
     lines += ["", f"Δ: difference to {comp.runs[0].label}.", "", "Runs:"]
     for r in comp.runs:
         any_m = next(iter(r.results.values()))["run"]
-        lines.append(f"- **{r.label}**: `{any_m.get('model')}`; tower {any_m.get('tower')}; LLM {any_m.get('llm')} "
-                     f"({len(r.results)} benchmark(s) from `{r.source}`)")
+        what = (f"`{any_m.get('model')}`; tower {any_m.get('tower')}; LLM {any_m.get('llm')}" if any_m.get("model")
+                else f"answers `{any_m.get('answers_file')}` re-scored (model_id {any_m.get('model_id')})")
+        lines.append(f"- **{r.label}**: {what} ({len(r.results)} benchmark(s) from `{r.source}`)")
     if comp.notes:
         lines += ["", "Notes:"] + [f"- {n}" for n in comp.notes]
     return "\n".join(lines) + "\n"
