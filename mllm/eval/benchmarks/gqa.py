@@ -79,7 +79,8 @@ class GQA(Benchmark):
     def score(self, items: Sequence[EvalItem], predictions: Mapping[str, str]) -> ScoreResult:
         notes: list[str] = []
         if any(it.target is None for it in items):
-            notes.append("questions without answers (test split): nothing to score locally")
+            notes.append(f"no answers ({self.split}_questions.json absent, or a split without answers): nothing to "
+                         "score locally")
             return self._result({"accuracy": None}, {}, notes, len(items))
         _, texts = gather_predictions(items, predictions, notes, self.missing_answers)
         rows, per_sample = [], {}

@@ -155,3 +155,13 @@ def test_answers_that_match_nothing_are_refused(llava_pope, tmp_path, capsys):
     assert main(["eval", "--benchmark", "pope", "--data", str(llava_pope), "--answers", str(wrong),
                  "--output-dir", str(tmp_path / "out")]) == 2
     assert "none of the 1 answers" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_check_script_passes_on_the_pope_files(llava_pope, capsys):
+    """scripts/check_llava_eval.py (what users run for ScienceQA and MME, whose files cannot ship) on POPE."""
+    from mllm.eval.llava_check import main as check
+
+    assert check([str(llava_pope.parent), "--benchmark", "pope"]) == 0
+    out = capsys.readouterr().out
+    assert "PASS  pope     rescore" in out and "PASS  pope     prompts  8910/8910 identical" in out
+    assert "prompts byte-identical to LLaVA's: 8,910/8,910" in out
