@@ -75,7 +75,7 @@ def rescore_check(eval_dir: Path, bench: str) -> CheckResult:
     answers_path = None
     for name in names:  # LLaVA's PR ships ScienceQA's answers only inside eval_science_qa.py's output
         candidate = folder / name
-        if candidate.is_file() and sum(1 for _ in open(candidate, encoding="utf-8")) > 1:
+        if candidate.is_file() and candidate.read_text(encoding="utf-8").count("\n") > 1:
             answers_path = candidate
             break
     if answers_path is None:
@@ -132,8 +132,9 @@ def prompt_check(eval_dir: Path, bench: str) -> CheckResult:
                 original = _mme_from_eval_tool(folder)
             else:
                 original = load_benchmark(bench, _original_view(folder, Path(tmp)), **options).load()
-        except (ValueError, OSError) as e:
-            return CheckResult(bench, "prompts", None, f"original files not usable ({e})")
+        except (ValueError, OSError) as e:  # name the user's folder, not the temporary view of it
+            return CheckResult(bench, "prompts", None, "original files not usable ("
+                               + str(e).replace(str(Path(tmp) / folder.name), str(folder)) + ")")
     key = (lambda it: (it.meta["category"], Path(it.meta["image"]).stem, it.question_id.rsplit("/", 1)[1])) \
         if bench == "mme" else (lambda it: it.question_id)
     ours = _keyed(original, key)
@@ -170,7 +171,7 @@ def _mmbench_prompts(folder: Path) -> CheckResult:
     bench = load_benchmark("mmbench", tsvs[0], circular=False)
     items = {it.question_id: it for it in bench.load()}
     same, compared, bad = 0, 0, []
-    for line in open(answers[0], encoding="utf-8"):
+    for line in answers[0].read_text(encoding="utf-8").splitlines():
         rec = json.loads(line)
         it = items.get(bench.llava_answer_key(rec))
         if it is None:
