@@ -49,7 +49,7 @@ def _run_block(config, source: dict) -> tuple[dict, dict]:
            "llm": manifest.get("llm"), "template": manifest.get("template"), "manifest": manifest}
     generation = {"greedy": True, "protocol": config.protocol, "batch_size": config.batch_size,
                   "max_new_tokens": config.max_new_tokens, "device": source["device"], "dtype": config.dtype or "auto",
-                  "quantization": config.quantization}
+                  "quantization": config.quantization, "merge_on_load": config.merge_on_load}
     return run, generation
 
 
