@@ -1,7 +1,14 @@
 """Robust image loading: any PIL mode to RGB, EXIF orientation applied, bad files reported by reason.
 
 The data pipeline counts skipped samples by `ImageLoadError.reason`, so every failure maps to one of
-`missing`, `empty`, `not_image`, `corrupt`, `too_large` instead of surfacing as a PIL/OSError deep inside.
+`missing`, `empty`, `not_image`, `unsupported_format`, `corrupt`, `too_large` instead of surfacing as a
+PIL/OSError deep inside.
+
+Only the formats in `ALLOWED_FORMATS` are ever parsed or decoded, whatever the file is called: the format is
+told from the bytes (`Image.open(..., formats=ALLOWED_FORMATS)` tries only those plugins), so an EPS file
+never reaches Ghostscript and PSD/ICO/PCX/SGI/TGA/... never reach their parsers. Such files are refused
+with reason `unsupported_format` (named by their magic bytes, or by their extension when the format has no
+magic bytes), other bytes with `not_image`.
 """
 from __future__ import annotations
 
@@ -13,7 +20,10 @@ from typing import IO, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-REASONS = ("missing", "empty", "not_image", "corrupt", "too_large")
+REASONS = ("missing", "empty", "not_image", "unsupported_format", "corrupt", "too_large")
+# The formats photos and datasets come in; every decode in the project goes through this list.
+ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
+_ALLOWED_RESULTS = (*ALLOWED_FORMATS, "MPO")  # PIL names multi-picture JPEGs (phone photos) MPO: JPEG's plugin
 DEFAULT_MAX_PIXELS = 64_000_000  # ~8000x8000; PIL's own bomb limit (~89 MP warn, 2x that error) is looser
 WHITE = (255, 255, 255)
 _ORIENTATION = 0x0112
@@ -41,16 +51,20 @@ def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS, bac
     decoding (decompression-bomb guard).
     """
     if isinstance(source, Image.Image):
+        check_pil_format(source)
         return to_rgb(_apply_exif(source), "<PIL.Image>", background)
     fp, name = _open_source(source)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(fp)
+            img = Image.open(fp, formats=ALLOWED_FORMATS)
     except Image.DecompressionBombError as exc:
         raise ImageLoadError("too_large", name, str(exc)) from exc
     except UnidentifiedImageError as exc:
-        raise ImageLoadError("not_image", name, "not a recognised image format") from exc
+        other = _identify_other_format(fp, name)
+        if other is not None:
+            raise ImageLoadError("unsupported_format", name, _unsupported(*other)) from exc
+        raise ImageLoadError("not_image", name, f"not a {_ALLOWED_TEXT} image") from exc
     except Exception as exc:
         raise ImageLoadError("corrupt", name, f"{type(exc).__name__}: {exc}") from exc
     try:
@@ -70,6 +84,47 @@ def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS, bac
     finally:
         if isinstance(source, (str, os.PathLike)):
             fp.close()
+
+
+_ALLOWED_TEXT = ", ".join(ALLOWED_FORMATS[:-1]) + " or " + ALLOWED_FORMATS[-1]
+
+
+def _unsupported(fmt: str, how: str = "") -> str:
+    return f"format {fmt}{f' ({how})' if how else ''} is not accepted; use {_ALLOWED_TEXT}"
+
+
+def _identify_other_format(fp: IO[bytes], name: str) -> tuple[str, str] | None:
+    """The image format outside the allow-list that these bytes are, for the error message only.
+
+    Only the plugins' magic-byte checks run (never a parser or decoder); formats without magic bytes (TGA, ...)
+    are named by the file's extension. The extension never decides what gets decoded, only what we call it.
+    """
+    Image.init()  # registers every plugin's magic check; importing a plugin decodes nothing
+    ext = os.path.splitext(name)[1].lower()
+    by_ext = Image.registered_extensions().get(ext)
+    if by_ext in _ALLOWED_RESULTS:
+        by_ext = None
+    if by_ext is not None and Image.OPEN.get(by_ext, (None, None))[1] is None:
+        return by_ext, f"by its extension {ext}"  # no magic bytes to check (TGA, ...): the name is all we have
+    fp.seek(0)
+    prefix = fp.read(16)
+    for fmt, (_factory, accept) in Image.OPEN.items():
+        if fmt in _ALLOWED_RESULTS or accept is None:
+            continue
+        try:
+            verdict = accept(prefix)
+        except Exception:
+            continue
+        if verdict and not isinstance(verdict, str):  # a str is PIL's "recognised but unavailable" note
+            return fmt, "by its first bytes"
+    return (by_ext, f"by its extension {ext}") if by_ext is not None else None
+
+
+def check_pil_format(img: Image.Image, name: str = "<PIL.Image>") -> None:
+    """Refuse a PIL image opened from a format outside the list: a lazily opened one decodes on first use.
+    Images made in memory (format None) pass."""
+    if img.format is not None and img.format not in _ALLOWED_RESULTS:
+        raise ImageLoadError("unsupported_format", name, _unsupported(img.format))
 
 
 def _open_source(source) -> tuple[IO[bytes], str]:

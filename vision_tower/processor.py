@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .config import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-from .image_io import load_image
+from .image_io import check_pil_format, load_image
 
 MODES = ("crop", "pad", "resize")
 BACKENDS = ("torch", "pil")
@@ -65,7 +65,11 @@ class ImageProcessor:
     # ------------------------------------------------------------------ geometry
     def prepare(self, image) -> torch.Tensor:
         """One image → uint8 tensor [3, S, S] (possibly a strided view) after the mode's geometry."""
-        img = image if isinstance(image, Image.Image) and image.mode == "RGB" else load_image(image)
+        if isinstance(image, Image.Image) and image.mode == "RGB":
+            check_pil_format(image)
+            img = image
+        else:
+            img = load_image(image)
         s = self.image_size
         with warnings.catch_warnings():
             # np.asarray(PIL image) is read-only; tensors made from it are only ever read.

@@ -36,6 +36,8 @@ def explain(error: ImageLoadError, name: str | None = None) -> str:
     if error.reason == "not_image":
         return (f"Cannot use {name}: it is not an image{detail}. "
                 "Use a common image format such as PNG, JPEG, WebP, GIF, BMP or TIFF.")
+    if error.reason == "unsupported_format":
+        return f"Cannot use {name}: {error.detail}."
     if error.reason == "too_large":
         return f"Cannot use {name}: the image is too large{detail}. Scale it down and try again."
     return f"Cannot use {name}: the image could not be decoded, the file looks corrupt or truncated{detail}."

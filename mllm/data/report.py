@@ -16,6 +16,7 @@ REASONS: dict[str, str] = {
     "missing": "image file not found",
     "empty": "image file has zero bytes",
     "not_image": "file is not an image",
+    "unsupported_format": "an image format outside PNG/JPEG/WEBP/GIF/BMP/TIFF (never decoded)",
     "corrupt": "image file is truncated or corrupt",
     "too_large": "image exceeds the pixel limit (decompression bomb guard)",
     "image_processing_failed": "image decoded but preprocessing failed",

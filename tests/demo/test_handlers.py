@@ -34,6 +34,7 @@ def uploads(tmp_path_factory):
     (d / "notes.txt").write_text("hello")
     (d / "empty.png").write_bytes(b"")
     Image.new("1", (9000, 9000)).save(d / "huge.png")  # 81 MP, a few kB on disk
+    (d / "drawing.png").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n")  # EPS
     return d
 
 
@@ -79,7 +80,8 @@ def test_ask_about_an_upload_and_stream_the_answer(backend, demo_bot, uploads):
 
 
 @pytest.mark.parametrize("name, reason", [("notes.txt", "it is not an image"), ("empty.png", "the file is empty"),
-                                          ("huge.png", "the image is too large (9000x9000")])
+                                          ("huge.png", "the image is too large (9000x9000"),
+                                          ("drawing.png", "format EPS (by its first bytes) is not accepted")])
 def test_bad_uploads_are_explained_in_the_chat_and_the_question_is_kept(backend, uploads, name, reason):
     chat, box, view, session = _submit(backend, _msg("What is it?", uploads / name), "pad", None)
     assert box == {"text": "What is it?", "files": []}

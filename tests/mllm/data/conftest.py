@@ -73,4 +73,6 @@ def image_dir(tmp_path_factory):
     (d / "not_image.jpg").write_text("this is a text file, not a JPEG\n")
     (d / "zero.jpg").write_bytes(b"")
     (d / "bomb.png").write_bytes(png_header_only(30_000, 30_000))
+    # an EPS named like a JPEG: the allow-list decides by the bytes, and Ghostscript is never reached
+    (d / "vector.jpg").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n")
     return d

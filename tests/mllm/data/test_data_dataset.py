@@ -26,7 +26,7 @@ GOOD = [
 ]
 ODD_BUT_VALID = ["rgba.png", "cmyk.jpg", "bilevel.png", "gray16.png", "one_pixel.png", "thin.png"]
 BAD_IMAGES = {"missing": "does_not_exist.jpg", "corrupt": "truncated.jpg", "not_image": "not_image.jpg",
-              "empty": "zero.jpg", "too_large": "bomb.png"}
+              "empty": "zero.jpg", "too_large": "bomb.png", "unsupported_format": "vector.jpg"}
 BAD_RECORDS = [
     ("malformed_record", "just a string"),
     ("no_conversations", {"id": "nc", "image": "rgb.jpg"}),
