@@ -68,10 +68,10 @@ def _build_ours(workdir: Path, s: dict, device: str):
         save_tiny_tower(tower_dir, seed=0, image_size=s["image"], patch_size=s["patch"], hidden_size=s["tower_width"],
                         num_layers=s["tower_depth"], num_heads=s["tower_heads"],
                         intermediate_size=int(s["tower_width"] * 8 / 3))
-    from transformers import AutoTokenizer
+    from mllm.hub import load_tokenizer
 
     model, processor = build_model(str(workdir / "llm"), tower=TowerSpec(checkpoint=str(tower_dir), config=None, name="bench"),
-                                   tokenizer=AutoTokenizer.from_pretrained(str(tok_dir)), train_llm=True, dtype=torch.float32)
+                                   tokenizer=load_tokenizer(tok_dir), train_llm=True, dtype=torch.float32)
     return model.to(device), processor
 
 
@@ -79,7 +79,7 @@ def _build_theirs(workdir: Path, s: dict, device: str):
     import torch
     from transformers import AutoModelForCausalLM, CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration
 
-    llm = AutoModelForCausalLM.from_pretrained(str(workdir / "llm"), dtype=torch.float32)
+    llm = AutoModelForCausalLM.from_pretrained(str(workdir / "llm"), dtype=torch.float32, trust_remote_code=False)
     vision = CLIPVisionConfig(hidden_size=s["tower_width"], intermediate_size=int(s["tower_width"] * 8 / 3),
                               num_hidden_layers=s["tower_depth"], num_attention_heads=s["tower_heads"],
                               image_size=s["image"], patch_size=s["patch"])

@@ -8,11 +8,13 @@ import argparse
 import atexit
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
 
 from mllm.chat.api import IMAGE_MODES, add_model_loading_args
+from mllm.checks import OptionError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,11 +41,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_options(args) -> None:
+    """Everything about the flags that can be wrong, checked before the model loads (`UserError`: one line, exit 2)."""
+    from mllm import checks
+
+    checks.at_least("--concurrency", args.concurrency, 1)
+    checks.at_least("--max-queue", args.max_queue, 1)
+    if not re.fullmatch(r"\s*\d+\s*(b|kb|mb|gb|tb)\s*", args.max_file_size, flags=re.IGNORECASE):
+        raise checks.OptionError(f"--max-file-size {args.max_file_size!r} is not a size like 50mb, 2gb or 1000000b")
+    checks.port(args.port)
+    if args.examples_dir is not None:
+        checks.output_dir(args.examples_dir, "--examples-dir")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.concurrency < 1 or args.max_queue < 1:
-        print("llm2clip-llava demo: --concurrency and --max-queue must be >= 1", file=sys.stderr)
-        return 2
+    check_options(args)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phoning home from a local demo
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -69,8 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     info = bot.info()
     print(f"llm2clip-llava demo: {info['model']} (tower {info['tower']}, quantisation {info['quantization']}) "
           f"on http://{args.host}:{args.port}", flush=True)
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, show_error=True,
-                max_file_size=args.max_file_size, theme=theme(), css=CSS, ssr_mode=False, quiet=False)
+    try:
+        demo.launch(server_name=args.host, server_port=args.port, share=args.share, show_error=True,
+                    max_file_size=args.max_file_size, theme=theme(), css=CSS, ssr_mode=False, quiet=False)
+    except OSError as exc:  # the port is taken, or the host is not an address of this machine
+        raise OptionError(f"cannot serve on {args.host}:{args.port}: {exc}") from exc
     return 0
 
 

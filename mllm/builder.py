@@ -9,6 +9,7 @@ import torch
 from projector import build_projector, load_projector
 
 from .config import LoraSpec, MLLMConfig, TowerSpec
+from .hub import load_tokenizer
 from .llm import apply_lora, enable_gradient_checkpointing, load_llm, resolve_dtype
 from .modeling import MLLM
 from .processor import MLLMProcessor
@@ -30,21 +31,13 @@ def load_tower(spec: TowerSpec, *, directory: str | Path | None = None, dtype: t
         select_layer=spec.select_layer,
         select_feature=spec.select_feature,
         dtype=dtype,
+        revision=None if directory is not None else spec.revision,
     )
 
 
 def image_processor_for(tower, mode: str):
     """The tower's own image processor (size, mean, std) in the requested preprocessing mode."""
     return tower.image_processor.with_mode(mode)
-
-
-def load_tokenizer(source: str | Path):
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(str(source))
-    except OSError as exc:
-        raise OSError(f"could not load a tokenizer from {source!r}: {exc}") from exc
 
 
 def configure_trainable(
@@ -85,16 +78,20 @@ def build_model(
     unfreeze_tower_blocks: int = 0,
     gradient_checkpointing: bool = False,
     quant_storage: torch.dtype | None = None,
+    llm_revision: str | None = None,
 ) -> tuple[MLLM, MLLMProcessor]:
     """Build tower → projector → LLM for training or a first evaluation.
 
-    `llm` is a hub id or local path; `tower` a `TowerSpec` or preset name (default: LLM2CLIP EVA02-L-14-336);
-    `projector_path` initialises the projector from a stage-1 artifact (dims and tower are checked).
+    `llm` is a hub id or local path (`llm_revision` pins its hub branch/tag/commit, for the LLM and its
+    tokenizer); `tower` a `TowerSpec` (its `revision` pins the tower's) or preset name (default: LLM2CLIP
+    EVA02-L-14-336); `projector_path` initialises the projector from a stage-1 artifact (dims and tower are
+    checked). Both revisions are recorded in the manifest and used again when it is loaded.
     """
     if isinstance(tower, str) or tower is None:
         tower = TowerSpec(config=tower or "llm2clip-eva02-l-14-336", name=tower or "llm2clip-eva02-l-14-336")
     compute_dtype = resolve_dtype(dtype)
-    llm_model = load_llm(llm, quantization=quantization, dtype=compute_dtype, device_map=device_map, quant_storage=quant_storage)
+    llm_model = load_llm(llm, quantization=quantization, dtype=compute_dtype, device_map=device_map,
+                         quant_storage=quant_storage, revision=llm_revision)
     vision = load_tower(tower, dtype=compute_dtype)
     tower.name = tower.name or tower_name(vision)
     d_llm = llm_model.get_input_embeddings().weight.shape[1]
@@ -109,11 +106,12 @@ def build_model(
         enable_gradient_checkpointing(llm_model)
     if lora is not None:
         llm_model = apply_lora(llm_model, lora)
-    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(llm)
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(llm, revision=llm_revision)
     processor = MLLMProcessor(tokenizer, image_processor_for(vision, image_aspect_ratio), vision.num_image_tokens,
                               template=template, model_max_length=model_max_length)
     config = MLLMConfig(
         llm=str(llm),
+        llm_revision=llm_revision,
         tower=tower,
         projector_type=proj.config.projector_type,
         template=template,

@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"llm2clip-llava: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    from .quiet import silence_known_warnings
+
+    silence_known_warnings()  # before the command imports the libraries that warn at import time
     module = importlib.import_module(COMMANDS[name][0])
     from .errors import user_error_types
 
@@ -61,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     except user_error_types() as exc:
         if "--verbose" in rest or "-v" in rest or os.environ.get("LLM2CLIP_LLAVA_TRACEBACK") == "1":
             traceback.print_exc()
-        print(f"llm2clip-llava {name}: error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).split())  # one line, whatever the message (a library's may span several)
+        print(f"llm2clip-llava {name}: error: {message}", file=sys.stderr)
         return 2
 
 

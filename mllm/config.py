@@ -10,9 +10,11 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .containment import check_tree, resolve_inside
 from .errors import UserError
 
 MANIFEST_NAME = "config.json"
+REQUIRED_PARTS = ("projector", "tokenizer")
 FORMAT_NAME = "llm2clip-llava"
 FORMAT_VERSION = 1
 QUANTIZATIONS = ("4bit", "8bit")
@@ -20,6 +22,10 @@ QUANTIZATIONS = ("4bit", "8bit")
 
 class ManifestError(UserError, ValueError):
     """A checkpoint directory is not ours, or its manifest is incomplete or inconsistent with its files."""
+
+
+class MissingPartError(UserError, FileNotFoundError):
+    """A part the manifest lists is not in the checkpoint directory."""
 
 
 @dataclass
@@ -31,6 +37,7 @@ class TowerSpec:
     select_layer: int = -2
     select_feature: str = "patch"
     name: str | None = None  # human-readable tower name (preset), recorded in projector configs
+    revision: str | None = None  # hub branch, tag or commit of `checkpoint` (a hub id); None: the default branch
 
 
 @dataclass
@@ -44,6 +51,7 @@ class LoraSpec:
 @dataclass
 class MLLMConfig:
     llm: str  # base LLM: hub id, absolute path, or a path relative to the checkpoint directory
+    llm_revision: str | None = None  # hub branch, tag or commit of `llm`; None: the default branch
     tower: TowerSpec = field(default_factory=TowerSpec)
     projector_type: str = "mlp2x_gelu"
     template: str = "vicuna_v1"
@@ -73,6 +81,8 @@ class MLLMConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "MLLMConfig":
+        if not isinstance(data, dict):
+            raise ManifestError(f"a manifest is a JSON object, got {type(data).__name__}")
         if data.get("format") != FORMAT_NAME:
             raise ManifestError(f"not an {FORMAT_NAME} manifest (format={data.get('format')!r})")
         if int(data.get("format_version", 0)) > FORMAT_VERSION:
@@ -80,7 +90,18 @@ class MLLMConfig:
                 f"manifest format_version {data['format_version']} is newer than this package supports ({FORMAT_VERSION})"
             )
         known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        contents = data.get("contents", {"projector": "projector", "tokenizer": "tokenizer"})
+        if not isinstance(contents, dict) or not all(isinstance(v, str) for v in contents.values()):
+            raise ManifestError(f"manifest contents must map part names to relative paths, got {contents!r}")
+        missing = [part for part in REQUIRED_PARTS if part not in contents]
+        if missing:
+            raise ManifestError(f"manifest contents lists no {' and no '.join(missing)}")
+        if not isinstance(data.get("llm"), str):
+            raise ManifestError(f"manifest llm must be a hub id or path, got {data.get('llm')!r}")
+        try:
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except TypeError as exc:  # a field of the wrong shape (e.g. tower not an object, unknown tower keys)
+            raise ManifestError(f"malformed manifest: {exc}") from exc
 
     def save(self, directory: str | Path) -> Path:
         path = Path(directory) / MANIFEST_NAME
@@ -89,17 +110,35 @@ class MLLMConfig:
 
     @classmethod
     def load(cls, directory: str | Path) -> "MLLMConfig":
+        """Read and check a checkpoint's manifest: every part it lists must exist inside `directory`."""
         path = Path(directory) / MANIFEST_NAME
         if not path.is_file():
             raise ManifestError(f"{directory} is not a checkpoint: {MANIFEST_NAME} is missing")
+        resolve_inside(directory, MANIFEST_NAME, f"checkpoint {directory}: {MANIFEST_NAME}")
         try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ManifestError(f"{path} is not valid JSON: {exc}") from exc
-        return cls.from_dict(data)
+        manifest = cls.from_dict(data)
+        manifest.parts(directory)
+        return manifest
+
+    def parts(self, directory: str | Path) -> dict[str, Path]:
+        """Each part in `contents`, resolved inside the checkpoint directory; refused (one line) when a path is
+        absolute, uses `..`, is or holds a symlink leading out, or is missing."""
+        resolved = {}
+        for key, rel in self.contents.items():
+            what = f"checkpoint {directory}: contents[{key!r}]"
+            target = resolve_inside(directory, rel, what)
+            if not target.exists():
+                raise MissingPartError(f"checkpoint {directory} lists {key!r} at {rel!r}, which is missing")
+            check_tree(directory, target, what)
+            resolved[key] = target
+        return resolved
 
     def resolve_path(self, directory: str | Path, value: str | None) -> str | None:
-        """Resolve a path recorded in the manifest: relative paths are relative to the checkpoint directory."""
+        """Resolve an external reference (the base LLM): a hub id, an absolute path, or a path relative to the
+        checkpoint directory. Unlike `contents`, it may lie anywhere: the user chose it when training."""
         if value is None:
             return None
         candidate = Path(directory) / value

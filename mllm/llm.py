@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .config import QUANTIZATIONS, LoraSpec
+from .hub import pretrained_kwargs, refusing_remote_code
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +61,12 @@ def load_llm(
     device_map=None,
     attn_implementation: str | None = "sdpa",
     quant_storage: torch.dtype | None = None,
+    revision: str | None = None,
 ) -> nn.Module:
-    """Load any Hugging Face causal LM, optionally in 4-bit NF4 (double quant) or 8-bit."""
+    """Load any Hugging Face causal LM, optionally in 4-bit NF4 (double quant) or 8-bit.
+
+    Never runs code shipped with the checkpoint (`auto_map`); `revision` pins a hub branch, tag or commit.
+    """
     from transformers import AutoModelForCausalLM
 
     if quantization is not None:
@@ -72,7 +77,7 @@ def load_llm(
                 f"quantization={quantization!r} needs bitsandbytes: pip install bitsandbytes (or load without quantization)"
             ) from exc
     compute_dtype = resolve_dtype(dtype)
-    kwargs: dict = {"dtype": compute_dtype}
+    kwargs: dict = {"dtype": compute_dtype, **pretrained_kwargs(revision)}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     if quantization is not None:
@@ -82,7 +87,8 @@ def load_llm(
     if device_map is not None:
         kwargs["device_map"] = device_map
     try:
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+        with refusing_remote_code(name_or_path, "LLM"):
+            model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
     except OSError as exc:
         raise OSError(
             f"could not load the LLM {name_or_path!r}: not a local directory with a config.json, and the hub is "
@@ -147,7 +153,8 @@ def load_adapter(llm: nn.Module, adapter_dir: str, *, trainable: bool = False,
     return llm
 
 
-def load_merged_llm(llm_source: str, adapter_dir: str, *, base: str, dtype: torch.dtype, device_map=None) -> nn.Module:
+def load_merged_llm(llm_source: str, adapter_dir: str, *, base: str, dtype: torch.dtype, device_map=None,
+                    revision: str | None = None) -> nn.Module:
     """The base LLM with a LoRA adapter folded into its weights, in `dtype` (no peft wrapper, no quantisation).
 
     `base="dequantized"`: the dequantised NF4 weights a QLoRA adapter was trained against, so the merge computes
@@ -155,11 +162,11 @@ def load_merged_llm(llm_source: str, adapter_dir: str, *, base: str, dtype: torc
     known LLaVA/QLoRA failure). The 4-bit base is loaded in the default compute dtype, as training loads it.
     """
     if base == "dequantized":
-        llm = load_llm(llm_source, quantization="4bit", dtype=None, device_map=device_map)
+        llm = load_llm(llm_source, quantization="4bit", dtype=None, device_map=device_map, revision=revision)
         llm = llm.dequantize(dtype=dtype)
         llm.is_loaded_in_4bit = False  # transformers leaves the flag set on the dequantised model
     elif base == "original":
-        llm = load_llm(llm_source, quantization=None, dtype=dtype, device_map=device_map)
+        llm = load_llm(llm_source, quantization=None, dtype=dtype, device_map=device_map, revision=revision)
     else:
         raise ValueError(f"base must be 'dequantized' or 'original', got {base!r}")
     merged = load_adapter(llm, adapter_dir).merge_and_unload().to(dtype)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .errors import UserError
+
 HOME_ENV = "LLM2CLIP_LLAVA_HOME"
 
 
@@ -21,13 +23,17 @@ def default_model_dir() -> Path:
     return quickstart_dir() / "model"
 
 
+class NoModelError(UserError, FileNotFoundError):
+    """No checkpoint given and none at the default place."""
+
+
 def resolve_model_dir(model: str | os.PathLike | None) -> Path:
     """`model` if given, else the quickstart checkpoint; a clear error when neither exists."""
     if model is not None:
-        return Path(model)
+        return Path(model).expanduser()
     path = default_model_dir()
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(
+        raise NoModelError(
             f"no model given and no quickstart checkpoint at {path}: run `llm2clip-llava quickstart` first "
             f"(or pass --model DIR, or set {HOME_ENV})"
         )

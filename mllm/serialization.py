@@ -16,6 +16,7 @@ from projector import load_projector, save_projector
 
 from .builder import image_processor_for, load_tokenizer, load_tower
 from .config import MLLMConfig
+from .containment import describe_reference
 from .errors import UserError
 from .llm import base_causal_lm, default_device, load_adapter, load_llm, load_merged_llm, resolve_dtype
 from .modeling import MLLM
@@ -71,6 +72,21 @@ def save_pretrained(
     return directory
 
 
+def external_references(directory: str | Path, manifest: MLLMConfig) -> dict[str, str]:
+    """The parts loaded from outside the checkpoint (the base LLM, the base tower), described for people."""
+    refs = {}
+    if "llm" not in manifest.contents:
+        refs["LLM"] = describe_reference(manifest.resolve_path(directory, manifest.llm), manifest.llm_revision)
+    if "vision_tower" not in manifest.contents:
+        refs["tower"] = describe_reference(manifest.tower.checkpoint, manifest.tower.revision)
+    return refs
+
+
+def log_external_references(directory: str | Path, manifest: MLLMConfig) -> None:
+    for what, ref in external_references(directory, manifest).items():
+        logger.info("checkpoint %s: base %s from %s", directory, what, ref)
+
+
 def _resolve_quantization(requested: str | None, manifest: MLLMConfig, has_full_llm: bool) -> str | None:
     if requested != "auto":
         return None if requested in (None, "none") else requested
@@ -109,15 +125,14 @@ def load_model(
     weights is already merged and loads unquantised.
     """
     directory = Path(directory)
-    manifest = MLLMConfig.load(directory)
-    contents = manifest.contents
-    for key, rel in contents.items():
-        if not (directory / rel).exists():
-            raise FileNotFoundError(f"checkpoint {directory} lists {key!r} at {rel!r}, which is missing")
-    has_full_llm = "llm" in contents
-    llm_source = str(directory / contents["llm"]) if has_full_llm else manifest.resolve_path(directory, manifest.llm)
+    manifest = MLLMConfig.load(directory)  # every listed part checked: present, inside the directory
+    parts = manifest.parts(directory)
+    has_full_llm = "llm" in parts
+    llm_source = str(parts["llm"]) if has_full_llm else manifest.resolve_path(directory, manifest.llm)
+    log_external_references(directory, manifest)
+    tokenizer = load_tokenizer(parts["tokenizer"])  # first: cheap, and a refused tokenizer costs no LLM load
     quant = _resolve_quantization(quantization, manifest, has_full_llm)
-    merge = merge_on_load and "adapter" in contents
+    merge = merge_on_load and "adapter" in parts
     if merge and (trainable or quantization not in ("auto", None, "none")):
         raise UserError(f"merge_on_load serves an unquantised, frozen merge of the adapter: it cannot be combined "
                         f"with quantization={quantization!r} or trainable=True")
@@ -128,26 +143,26 @@ def load_model(
     if device is not None and device_map is None:
         device_map = {"": str(device)}
     compute_dtype = resolve_dtype(dtype, device)
-    adapter_dir = str(directory / contents["adapter"]) if "adapter" in contents else None
+    revision = None if has_full_llm else manifest.llm_revision
+    adapter_dir = str(parts["adapter"]) if "adapter" in parts else None
     if merge:
         base = "dequantized" if quant == "4bit" else "original"
-        llm = load_merged_llm(llm_source, adapter_dir, base=base, dtype=compute_dtype, device_map=device_map)
+        llm = load_merged_llm(llm_source, adapter_dir, base=base, dtype=compute_dtype, device_map=device_map,
+                              revision=revision)
         manifest.extra = {**manifest.extra, "merged_on_load": base}
     else:
-        llm = load_llm(llm_source, quantization=quant, dtype=compute_dtype, device_map=device_map)
+        llm = load_llm(llm_source, quantization=quant, dtype=compute_dtype, device_map=device_map, revision=revision)
         if adapter_dir is not None:
             llm = load_adapter(llm, adapter_dir, trainable=trainable, dtype=compute_dtype)
-    tower_dir = directory / contents["vision_tower"] if "vision_tower" in contents else None
-    tower = load_tower(manifest.tower, directory=tower_dir, dtype=compute_dtype)
+    tower = load_tower(manifest.tower, directory=parts.get("vision_tower"), dtype=compute_dtype)
     d_llm = llm.get_input_embeddings().weight.shape[1]
     proj = load_projector(
-        directory / contents["projector"],
+        parts["projector"],
         expected_in_features=tower.hidden_size,
         expected_out_features=d_llm,
         expected_tower=manifest.tower.name,
         dtype=compute_dtype,
     )
-    tokenizer = load_tokenizer(directory / contents["tokenizer"])
     processor = MLLMProcessor(
         tokenizer, image_processor_for(tower, manifest.image_aspect_ratio), tower.num_image_tokens, manifest.image_token,
         template=manifest.template, model_max_length=manifest.model_max_length,

@@ -47,13 +47,14 @@ def build_vision_tower(config=DEFAULT_PRESET, *, select_layer: int = -2, select_
 
 
 def load_vision_tower(checkpoint=None, config=None, *, select_layer: int = -2, select_feature: str = "patch",
-                      dtype: torch.dtype = torch.float32, device=None) -> VisionTower:
+                      dtype: torch.dtype = torch.float32, device=None, revision: str | None = None) -> VisionTower:
     """Load a frozen tower.
 
     checkpoint: hub id, local directory (config + *.safetensors, a `.pt`, or `save_pretrained` output) or one
         weight file (.safetensors/.pt/.bin; EVA-CLIP `visual.*`, HF CLIP `vision_model.*`, ... layouts).
         None: the hub id of `config` (default preset `llm2clip-eva02-l-14-336`).
     config: preset name, EVA-CLIP `vision_cfg` (dict or JSON path), HF CLIP config, or `VisionTowerConfig`.
+    revision: branch, tag or commit of a hub checkpoint (None: the default branch); unused for local paths.
     """
     explicit = resolve_config(config) if config is not None else None
     if checkpoint is None:
@@ -61,7 +62,7 @@ def load_vision_tower(checkpoint=None, config=None, *, select_layer: int = -2, s
         if not preset.hub_id:
             raise VisionTowerLoadError(f"config {preset.name!r} names no hub repository; pass checkpoint=<path>")
         checkpoint = preset.hub_id
-    files, dir_config, ours = locate_checkpoint(checkpoint, explicit)
+    files, dir_config, ours = locate_checkpoint(checkpoint, explicit, revision)
     # a preset's hub id names the preset, used when neither the caller nor the download says otherwise
     fallback = None if os.path.exists(os.fspath(checkpoint)) else _preset_for_hub_id(os.fspath(checkpoint))
     weights: dict[str, torch.Tensor] = {}
@@ -86,7 +87,7 @@ def load_vision_tower(checkpoint=None, config=None, *, select_layer: int = -2, s
 
 
 # ---------------------------------------------------------------------------------------------- locating
-def locate_checkpoint(checkpoint, hint: VisionTowerConfig | None = None):
+def locate_checkpoint(checkpoint, hint: VisionTowerConfig | None = None, revision: str | None = None):
     """(weight files to read, config found next to them or None, whether that config is our own format)."""
     path = os.fspath(checkpoint)
     if os.path.isfile(path):
@@ -94,7 +95,7 @@ def locate_checkpoint(checkpoint, hint: VisionTowerConfig | None = None):
     if os.path.isdir(path):
         return _files_in_dir(path)
     if _HUB_ID.match(path) and not path.startswith("."):
-        return _files_in_dir(_download(path, hint))
+        return _files_in_dir(_download(path, hint, revision))
     raise VisionTowerLoadError(f"checkpoint {path!r} is not an existing file or directory, nor a hub id (owner/name)")
 
 
@@ -134,8 +135,8 @@ def _files_in_dir(directory: str) -> tuple[list[str], VisionTowerConfig | None, 
     return files, dir_config, ours
 
 
-def _download(repo_id: str, hint: VisionTowerConfig | None) -> str:
-    """Fetch only the files needed into the HF cache and return the snapshot directory."""
+def _download(repo_id: str, hint: VisionTowerConfig | None, revision: str | None = None) -> str:
+    """Fetch only the files needed (at `revision`, if given) into the HF cache and return the snapshot directory."""
     try:
         import huggingface_hub as hub
     except ImportError as exc:  # pragma: no cover - a declared dependency
@@ -143,21 +144,23 @@ def _download(repo_id: str, hint: VisionTowerConfig | None) -> str:
     preset = hint if hint is not None and hint.hub_id == repo_id else _preset_for_hub_id(repo_id)
     try:
         if preset is not None and preset.hub_filename:
-            path = hub.hf_hub_download(repo_id, preset.hub_filename)
+            path = hub.hf_hub_download(repo_id, preset.hub_filename, revision=revision)
             return os.path.dirname(path)
         try:
-            files = hub.list_repo_files(repo_id)
-        except Exception:
-            return hub.snapshot_download(repo_id, local_files_only=True)  # offline: a cached snapshot, if any
+            files = hub.list_repo_files(repo_id, revision=revision)
+        except Exception:  # offline: a cached snapshot, if any
+            return hub.snapshot_download(repo_id, revision=revision, local_files_only=True)
         wanted = _pick_hub_files(files)
         if not wanted:
             raise VisionTowerLoadError(f"hub repo {repo_id} has no weight files: {files[:20]}")
-        return hub.snapshot_download(repo_id, allow_patterns=wanted + ([CONFIG_NAME] if CONFIG_NAME in files else []))
+        return hub.snapshot_download(repo_id, revision=revision,
+                                     allow_patterns=wanted + ([CONFIG_NAME] if CONFIG_NAME in files else []))
     except VisionTowerLoadError:
         raise
     except Exception as exc:
         raise VisionTowerLoadError(
-            f"could not get {repo_id!r} from the Hugging Face Hub ({type(exc).__name__}: {exc}); no local file or "
+            f"could not get {repo_id!r}{f' at revision {revision!r}' if revision else ''} from the Hugging Face Hub "
+            f"({type(exc).__name__}: {exc}); no local file or "
             f"directory has that name either. Offline or no access? Download the weights elsewhere and pass the "
             f"local file or directory as checkpoint="
         ) from exc

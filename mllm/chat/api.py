@@ -21,6 +21,7 @@ from ..generation import GenerationSettings, generate_ids
 from ..llm import base_causal_lm, stop_token_ids
 from ..modeling import ImageCountError
 from ..paths import resolve_model_dir
+from ..serialization import external_references
 from .streaming import TextStream
 
 IMAGE_MODES = ("pad", "crop", "resize")
@@ -123,6 +124,8 @@ class ChatModel:
             "image_size": self.processor.image_processor.image_size,
             "num_image_tokens": self.processor.num_image_tokens,
             "model_max_length": self.processor.model_max_length,
+            # what is read from outside the checkpoint directory (base LLM / tower by hub id or path)
+            "external": external_references(self.source, config) if self.source is not None else {},
         }
 
     # ------------------------------------------------------------------ inputs
@@ -231,25 +234,40 @@ def add_model_loading_args(parser) -> None:
                              "(7B: ~13.5 GB instead of ~4 GB), faster batched generation")
 
 
-def load_for_command(prog: str, args, **settings) -> tuple["ChatModel | None", int]:
-    """What `chat` and `demo` do first: check the generation flags, then load ``args.model``.
-
-    Returns (model, 0), or (None, exit code) after printing why to stderr: 2 for bad flags, 1 for a checkpoint
-    that cannot be loaded (which one and why, no traceback)."""
-    import sys
+def check_for_command(args, **settings) -> tuple[Path, GenerationSettings]:
+    """What `chat` and `demo` check before loading anything: the generation flags, the device, and the
+    checkpoint (its manifest and every part it lists). Raises a `UserError` (one line, exit 2)."""
+    from .. import checks
 
     try:
         generation = GenerationSettings(**settings)
         generation.kwargs()
     except ValueError as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
-        return None, 2
+        raise checks.OptionError(str(exc)) from exc
+    checks.device(args.device)
+    directory, _ = checks.checkpoint(args.model)
+    return directory, generation
+
+
+def load_for_command(prog: str, args, **settings) -> tuple["ChatModel | None", int]:
+    """What `chat` and `demo` do first: `check_for_command`, then load ``args.model``.
+
+    A bad flag or checkpoint raises a `UserError` before any weights are read (one line, exit 2). Returns
+    (model, 0), or (None, 1) after printing why a checkpoint that passed the checks still failed to load."""
+    import sys
+
+    from ..errors import user_error_types
+
+    directory, generation = check_for_command(args, **settings)
     try:
-        return ChatModel.from_pretrained(args.model, quantization=args.quantization, dtype=args.dtype,
+        return ChatModel.from_pretrained(directory, quantization=args.quantization, dtype=args.dtype,
                                          device=args.device, merge_on_load=getattr(args, "merge_on_load", False),
                                          settings=generation), 0
-    except Exception as exc:  # a missing/bad checkpoint
-        print(f"{prog}: cannot load the model: {type(exc).__name__}: {exc}", file=sys.stderr)
+    except user_error_types():
+        raise
+    except Exception as exc:  # e.g. unreadable weights
+        print(f"{prog}: error: cannot load the model: {type(exc).__name__}: {' '.join(str(exc).split())}",
+              file=sys.stderr)
         return None, 1
 
 

@@ -192,15 +192,19 @@ def _interactive_lines(prompt: str):
 
 def banner(info: dict) -> str:
     quant = info["quantization"] + (f", {info['adapter']}" if info["adapter"] else "")
+    external = "".join(f"\n  base {what}: {ref}" for what, ref in info.get("external", {}).items())
     return (f"model {info['model']}\n  LLM {info['llm']} | tower {info['tower']} | quantisation {quant} | "
             f"{info['dtype']} on {info['device']} | template {info['template']} | image {info['image_mode']} "
-            f"{info['image_size']}px")
+            f"{info['image_size']}px{external}")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .api import load_for_command
+    from .images import check_image
 
+    if args.image:
+        check_image(args.image)  # before the model loads: a bad image is one line, exit 2
     bot, code = load_for_command("llm2clip-llava chat", args, max_new_tokens=args.max_new_tokens,
                                  temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                                  repetition_penalty=args.repetition_penalty)

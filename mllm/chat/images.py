@@ -9,6 +9,20 @@ from pathlib import Path
 from vision_tower import ImageLoadError, load_image
 from vision_tower.image_io import DEFAULT_MAX_PIXELS
 
+from ..errors import UserError
+
+
+class UnusableImageError(UserError):
+    """An image given on the command line that cannot be used (the reason in plain words)."""
+
+
+def check_image(path: str | os.PathLike) -> None:
+    """Decode `path` once before a model loads, so a bad image costs a second, not a model load."""
+    try:
+        load_image(path)
+    except ImageLoadError as exc:
+        raise UnusableImageError(explain(exc, str(path))) from exc
+
 
 def content_key(path: str | os.PathLike) -> str:
     """SHA-1 of the file's bytes: the same picture uploaded twice is the same image."""
@@ -43,4 +57,4 @@ def explain(error: ImageLoadError, name: str | None = None) -> str:
     return f"Cannot use {name}: the image could not be decoded, the file looks corrupt or truncated{detail}."
 
 
-__all__ = ["ImageLoadError", "content_key", "explain", "open_image"]
+__all__ = ["ImageLoadError", "UnusableImageError", "check_image", "content_key", "explain", "open_image"]

@@ -140,28 +140,45 @@ def _num_image_tokens(args) -> int:
         return args.num_image_tokens
     from vision_tower.config import PRESETS
 
-    if args.tower not in PRESETS:
-        raise ValueError(f"unknown tower preset {args.tower!r}; known: {', '.join(PRESETS)}")
     return PRESETS[args.tower].grid_size ** 2
+
+
+def check_options(args) -> None:
+    """Paths and values, checked before the tokenizer loads or any record is read (`UserError`: one line, exit 2)."""
+    from vision_tower.config import PRESETS
+
+    from .. import checks
+
+    checks.existing_file(args.data, "--data")
+    if args.image_folder is not None:
+        checks.existing_dir(args.image_folder, "--image-folder")
+    if args.tower is not None and args.tower not in PRESETS:
+        raise checks.OptionError(f"unknown --tower preset {args.tower!r}; known: {', '.join(PRESETS)}")
+    checks.at_least("--max-length", args.max_length, 1)
+    checks.at_least("--num-image-tokens", args.num_image_tokens, 1)
+    checks.at_least("--limit", args.limit, 1)
+    checks.at_least("--workers", args.workers, 0)
+    if args.json_out:
+        checks.output_file(args.json_out, "--json-out")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from transformers import AutoTokenizer
-
+    check_options(args)
+    from ..checks import OptionError
+    from ..hub import load_tokenizer
     from ..tokenization import add_image_token
 
+    tokenizer = load_tokenizer(args.tokenizer)
+    image_token_id = add_image_token(tokenizer)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
-        image_token_id = add_image_token(tokenizer)
         dataset = LLaVADataset(
             args.data, tokenizer, template=args.template, image_folder=args.image_folder,
             num_image_tokens=_num_image_tokens(args), image_token_id=image_token_id, max_length=args.max_length,
             strict=args.strict, limit=args.limit, image_processor=_processor(args) if args.process_images else None,
         )  # fmt: skip
-    except (OSError, ValueError) as exc:
-        print(f"llm2clip-llava validate: {exc}", file=sys.stderr)
-        return 2
+    except (OSError, ValueError) as exc:  # an unreadable or malformed data file, a template the tokenizer lacks
+        raise OptionError(str(exc)) from exc
     try:
         result = scan(dataset, args.workers, args.process_images)
     except DataError as exc:

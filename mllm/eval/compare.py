@@ -240,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from ..checks import output_dir
+
+    output_dir(args.output_dir, "--output-dir")  # before reading anything: a bad target is one line, exit 2
     try:
         comp = compare_runs([load_run(s) for s in args.runs], args.metric)
     except ValueError as e:

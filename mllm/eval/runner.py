@@ -26,8 +26,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from vision_tower import ImageLoadError, load_image
 
+from .. import checks
 from ..generation import GenerationSettings, generate_text
-from ..paths import quickstart_dir, resolve_model_dir
+from ..paths import quickstart_dir
 from .benchmarks import get_benchmark, load_benchmark
 from .cache import PredictionCache, model_fingerprint
 from .judge import JudgeConfig
@@ -271,13 +272,15 @@ def run_eval(config: EvalConfig, model=None, processor=None) -> EvalResult:
     if config.answers is not None:
         return rescore(config)
     t0 = time.perf_counter()
-    model_dir = resolve_model_dir(config.model)
+    model_dir, _ = checks.checkpoint(config.model)  # manifest and parts checked before anything reads them
+    checks.device(config.device)
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
     config, protocol_notes = apply_protocol(config, device)
     output_dir = Path(config.output_dir) if config.output_dir else default_output_dir(config, model_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    checks.output_dir(output_dir, "output dir")
     bench = _make_benchmark(config, output_dir)
     items, n_available = _load_items(config, bench)
+    output_dir.mkdir(parents=True, exist_ok=True)  # only once the items are known to be there
     timing = {"load_items_s": time.perf_counter() - t0}
 
     with PredictionCache(output_dir / "cache.jsonl", _cache_header(config, bench, model_dir, device),

@@ -17,14 +17,14 @@ from .synthetic import score
 
 def _untrained_checkpoint(root: Path, out: Path, seed: int) -> Path:
     import torch
-    from transformers import AutoTokenizer
 
     from .. import TowerSpec, build_model, save_pretrained
+    from ..hub import load_tokenizer
 
     torch.manual_seed(seed)  # the random projector of the 'before' model
     model, processor = build_model(
         str(root / "stage0" / "lm" / "llm"), tower=TowerSpec(checkpoint=str(root / "stage0" / "tower"), config=None),
-        tokenizer=AutoTokenizer.from_pretrained(str(root / "base" / "tokenizer")), template="vicuna_v1",
+        tokenizer=load_tokenizer(root / "base" / "tokenizer"), template="vicuna_v1",
         image_aspect_ratio="pad", quantization="4bit", dtype=torch.float32, model_max_length=512)
     save_pretrained(model, processor, out, extra={"stage": "before training (stage 0 backbones, random projector)"})
     return out

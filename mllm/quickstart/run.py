@@ -24,6 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..paths import quickstart_dir
+from ..quiet import silence_known_warnings
 from .profiles import PROFILES, Profile
 
 logger = logging.getLogger("mllm.quickstart")
@@ -229,8 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("httpx", "urllib3", "PIL", "transformers", "vision_tower"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    # bitsandbytes warns at import that its optional hub kernel (`kernels`) is absent; we do not use that kernel
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    silence_known_warnings()  # also when main() is called without the console script
     profile = PROFILES[args.profile].replace(**{k: getattr(args, k) for k in (
         "num_pretrain", "num_train", "num_heldout", "tower_steps", "lm_steps", "stage1_steps", "stage2_steps")})
     root = args.output_dir or quickstart_dir()

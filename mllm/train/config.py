@@ -26,9 +26,13 @@ class TrainConfig:
     mode: str = "auto"  # projector | qlora | lora | full; auto: projector for pretrain, qlora on CUDA else lora
     # --- model
     llm: str = "lmsys/vicuna-7b-v1.5"
+    llm_revision: str | None = field(default=None, metadata={
+        "help": "hub branch, tag or commit of --llm (and its tokenizer); recorded in the checkpoint manifest"})
     tokenizer: str | None = None  # defaults to the LLM's
     tower: str | None = "llm2clip-eva02-l-14-336"  # preset name (null: the config saved with tower_checkpoint)
     tower_checkpoint: str | None = "microsoft/LLM2CLIP-EVA02-L-14-336"  # hub id, dir or file; null: preset random init
+    tower_revision: str | None = field(default=None, metadata={
+        "help": "hub branch, tag or commit of --tower_checkpoint; recorded in the checkpoint manifest"})
     select_layer: int = -2
     select_feature: str = "patch"
     projector_type: str = "mlp2x_gelu"

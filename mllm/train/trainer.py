@@ -108,7 +108,9 @@ def train(config: TrainConfig) -> Path:
     model, processor = build_model(
         config.llm,
         tower=TowerSpec(checkpoint=config.tower_checkpoint, config=config.tower, select_layer=config.select_layer,
-                        select_feature=config.select_feature, name=config.tower),  # name None: the tower's own
+                        select_feature=config.select_feature, name=config.tower,  # name None: the tower's own
+                        revision=config.tower_revision),
+        llm_revision=config.llm_revision,
         tokenizer=None if config.tokenizer is None else load_tokenizer(config.tokenizer),
         projector_type=config.projector_type,
         projector_path=_projector_path(config.pretrained_projector),

@@ -47,12 +47,22 @@ def test_host_port_share_and_queue_are_passed_through(demo_checkpoint, captured)
 
 
 def test_bad_options_and_missing_model_fail_clearly(captured, capsys, tmp_path, monkeypatch):
-    assert app.main(["--concurrency", "0"]) == 2
-    assert app.main(["--temperature", "-1"]) == 2
+    from mllm.cli import main
+
+    (tmp_path / "a_file").write_text("x")
+    for argv, message in [(["--concurrency", "0"], "--concurrency must be >= 1"),
+                          (["--temperature", "-1"], "temperature must be >= 0"),
+                          (["--port", "70000"], "between 1 and 65535"),
+                          (["--max-file-size", "lots"], "--max-file-size 'lots' is not a size"),
+                          (["--examples-dir", str(tmp_path / "a_file")], "exists and is not a directory"),
+                          (["--device", "nonsense"], "is not a device")]:
+        assert main(["demo", *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and len(err.splitlines()) == 1, (argv, err)
     monkeypatch.setenv("LLM2CLIP_LLAVA_HOME", str(tmp_path))
-    assert app.main([]) == 1
+    assert main(["demo"]) == 2
     err = capsys.readouterr().err
-    assert "cannot load the model" in err and "llm2clip-llava quickstart" in err
+    assert "llm2clip-llava quickstart" in err and len(err.splitlines()) == 1
     assert "launch" not in captured
 
 

@@ -60,17 +60,31 @@ def test_piped_questions_and_commands(bot, chat_checkpoint, image_files, capsys,
         assert expected in err, expected
 
 
-def test_bad_image_and_bad_model_fail_with_a_message(chat_checkpoint, image_files, capsys, monkeypatch, tmp_path):
+def _run_command(argv, capsys):
+    from mllm.cli import main
+
+    code = main(["chat", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_bad_image_and_bad_model_fail_with_one_line(chat_checkpoint, image_files, capsys, monkeypatch, tmp_path):
+    import mllm.llm
+
+    def no_model_load(*args, **kwargs):
+        raise AssertionError("a model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(mllm.llm, "load_llm", no_model_load)
     _, fake = image_files
-    code, out, err = _run(["--model", str(chat_checkpoint), "--image", str(fake), "-q", "hi"], capsys, monkeypatch)
-    assert code == 1 and "it is not an image" in err and out == ""
-    code, _, err = _run(["--model", str(tmp_path), "-q", "hi"], capsys, monkeypatch)
-    assert code == 1 and "cannot load the model" in err and "config.json is missing" in err and "Traceback" not in err
+    code, out, err = _run_command(["--model", str(chat_checkpoint), "--image", str(fake), "-q", "hi"], capsys)
+    assert code == 2 and "it is not an image" in err and out == "" and len(err.splitlines()) == 1
+    code, _, err = _run_command(["--model", str(tmp_path), "-q", "hi"], capsys)
+    assert code == 2 and "config.json is missing" in err and len(err.splitlines()) == 1
     monkeypatch.setenv("LLM2CLIP_LLAVA_HOME", str(tmp_path))
-    code, _, err = _run(["-q", "hi"], capsys, monkeypatch)
-    assert code == 1 and "llm2clip-llava quickstart" in err
+    code, _, err = _run_command(["-q", "hi"], capsys)
+    assert code == 2 and "llm2clip-llava quickstart" in err and len(err.splitlines()) == 1
 
 
-def test_bad_settings_are_usage_errors(capsys, monkeypatch):
-    code, _, err = _run(["--temperature", "-1", "-q", "hi"], capsys, monkeypatch)
-    assert code == 2 and "temperature must be >= 0" in err
+def test_bad_settings_are_usage_errors(capsys):
+    code, _, err = _run_command(["--temperature", "-1", "-q", "hi"], capsys)
+    assert code == 2 and "temperature must be >= 0" in err and len(err.splitlines()) == 1

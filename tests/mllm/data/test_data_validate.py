@@ -65,7 +65,8 @@ def test_limit_workers_and_bad_paths(data, image_dir, saved_tokenizer, tmp_path,
     assert rc == 0
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["records"] == 3 and report["skipped"] == 0 and report["num_image_tokens"] == 576
-    assert main(["--data", str(tmp_path / "none.json"), "--tokenizer", str(saved_tokenizer)]) == 2
-    assert "data file not found" in capsys.readouterr().err
-    assert main(["--data", str(data), "--tokenizer", str(saved_tokenizer), "--template", "chat_template"]) == 2
+    assert cli_main(["validate", "--data", str(tmp_path / "none.json"), "--tokenizer", str(saved_tokenizer)]) == 2
+    assert "none.json' does not exist" in capsys.readouterr().err
+    assert cli_main(["validate", "--data", str(data), "--tokenizer", str(saved_tokenizer),
+                     "--template", "chat_template"]) == 2
     assert "needs a tokenizer that has a chat template" in capsys.readouterr().err
