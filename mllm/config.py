@@ -71,6 +71,9 @@ class MLLMConfig:
             self.tower = TowerSpec(**self.tower)
         if isinstance(self.lora, dict):
             self.lora = LoraSpec(**self.lora)
+        if not isinstance(self.tower, TowerSpec) or not isinstance(self.lora, (LoraSpec, type(None))):
+            raise ManifestError(f"manifest tower must be an object (and lora an object or null), got "
+                                f"{type(self.tower).__name__} / {type(self.lora).__name__}")
         if self.quantization not in (None, *QUANTIZATIONS):
             raise ManifestError(f"quantization must be one of {QUANTIZATIONS} or null, got {self.quantization!r}")
         if self.image_aspect_ratio not in ("pad", "crop", "resize"):

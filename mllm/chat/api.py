@@ -242,6 +242,8 @@ def check_for_command(args, **settings) -> tuple[Path, GenerationSettings]:
     try:
         generation = GenerationSettings(**settings)
         generation.kwargs()
+        # sampling values too, even while greedy: the temperature can be raised later in the session
+        dataclasses.replace(generation, temperature=max(generation.temperature, 1.0)).kwargs()
     except ValueError as exc:
         raise checks.OptionError(str(exc)) from exc
     checks.device(args.device)
