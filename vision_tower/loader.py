@@ -142,19 +142,20 @@ def _download(repo_id: str, hint: VisionTowerConfig | None, revision: str | None
     except ImportError as exc:  # pragma: no cover - a declared dependency
         raise VisionTowerLoadError("huggingface_hub is needed to download hub checkpoints") from exc
     preset = hint if hint is not None and hint.hub_id == repo_id else _preset_for_hub_id(repo_id)
+    pinned = {"revision": revision} if revision else {}  # None: the default branch
     try:
         if preset is not None and preset.hub_filename:
-            path = hub.hf_hub_download(repo_id, preset.hub_filename, revision=revision)
+            path = hub.hf_hub_download(repo_id, preset.hub_filename, **pinned)
             return os.path.dirname(path)
         try:
-            files = hub.list_repo_files(repo_id, revision=revision)
+            files = hub.list_repo_files(repo_id, **pinned)
         except Exception:  # offline: a cached snapshot, if any
-            return hub.snapshot_download(repo_id, revision=revision, local_files_only=True)
+            return hub.snapshot_download(repo_id, local_files_only=True, **pinned)
         wanted = _pick_hub_files(files)
         if not wanted:
             raise VisionTowerLoadError(f"hub repo {repo_id} has no weight files: {files[:20]}")
-        return hub.snapshot_download(repo_id, revision=revision,
-                                     allow_patterns=wanted + ([CONFIG_NAME] if CONFIG_NAME in files else []))
+        return hub.snapshot_download(repo_id, allow_patterns=wanted + ([CONFIG_NAME] if CONFIG_NAME in files else []),
+                                     **pinned)
     except VisionTowerLoadError:
         raise
     except Exception as exc:
