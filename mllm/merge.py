@@ -50,10 +50,10 @@ def merge_checkpoint(checkpoint: str | Path, output: str | Path, *, dtype: str =
     """Write `output` (a new or empty directory): the checkpoint with its adapter merged into full LLM weights."""
     checkpoint, output = Path(checkpoint), Path(output)
     manifest, base = check_merge(checkpoint, output, dtype, base)
-    parts = manifest.parts(checkpoint)
+    listed = manifest.parts(checkpoint)
     llm_source = manifest.resolve_path(checkpoint, manifest.llm)
     logger.info("base LLM: %s", describe_reference(llm_source, manifest.llm_revision))
-    merged = load_merged_llm(llm_source, str(parts["adapter"]), base=base, dtype=DTYPES[dtype],
+    merged = load_merged_llm(llm_source, str(listed["adapter"]), base=base, dtype=DTYPES[dtype],
                              revision=manifest.llm_revision)
     output.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(output / "llm", safe_serialization=True)
