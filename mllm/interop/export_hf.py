@@ -206,5 +206,5 @@ def _verify(directory: Path, manifest: MLLMConfig) -> None:
     """Reload the written processor as a user would and check it renders and tokenizes as our code does."""
     from transformers import AutoProcessor
 
-    processor = AutoProcessor.from_pretrained(str(directory))
+    processor = AutoProcessor.from_pretrained(str(directory), trust_remote_code=False)
     check_processor(processor, manifest.template, manifest.image_token_id)

@@ -93,7 +93,8 @@ def load_tokenizer_from(source, what: str, config=None):
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(str(source), **({"config": config} if config is not None else {}))
+        return AutoTokenizer.from_pretrained(str(source), trust_remote_code=False,
+                                             **({"config": config} if config is not None else {}))
     except (OSError, ValueError, TypeError) as exc:
         raise InteropError(f"{what}: no usable tokenizer ({str(exc).splitlines()[0]})") from exc
 

@@ -267,7 +267,7 @@ def _base_hidden_size(model_base: str, what: str) -> int:
     from transformers import AutoConfig
 
     try:
-        config = AutoConfig.from_pretrained(model_base)
+        config = AutoConfig.from_pretrained(model_base, trust_remote_code=False)
     except (OSError, ValueError) as exc:
         raise InteropError(f"{what}: cannot read the base LLM's config from {model_base!r}: {exc}") from exc
     return config.get_text_config().hidden_size
@@ -299,7 +299,7 @@ def _check_adapter(model_base: str, peft_config: dict, tensors: dict, what: str)
     from transformers import AutoConfig, AutoModelForCausalLM
 
     with torch.device("meta"):
-        base = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_base))
+        base = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_base, trust_remote_code=False))
         model = get_peft_model(base, LoraConfig(**{k: v for k, v in peft_config.items() if k != "peft_type"}))
     expected = {k.replace(".default.", "."): tuple(v.shape) for k, v in model.state_dict().items() if "lora_" in k}
     missing, unexpected = set(expected) - set(tensors), set(tensors) - set(expected)

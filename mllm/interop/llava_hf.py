@@ -86,7 +86,7 @@ def _config(source: SourceDir, what: str):
     from transformers import AutoConfig
 
     try:
-        config = AutoConfig.from_pretrained(str(source.path))
+        config = AutoConfig.from_pretrained(str(source.path), trust_remote_code=False)
     except (OSError, ValueError, TypeError) as exc:
         raise InteropError(f"{what}: transformers cannot read its config.json ({exc})") from exc
     vision_type = getattr(config.vision_config, "model_type", None)

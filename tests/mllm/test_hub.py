@@ -212,3 +212,42 @@ def test_merge_uses_the_recorded_revision(fake_hub, tmp_path, monkeypatch):
     monkeypatch.setattr(mllm.llm, "load_llm", lambda *a, **k: seen.append(k.get("revision")) or real(*a, **k))
     merged = mllm.merge.merge_checkpoint(tmp_path / "lora", tmp_path / "merged", dtype="fp32")
     assert seen == ["v2"] and MLLMConfig.load(merged).llm_revision is None  # the weights are inside it now
+
+
+
+def _loads_without_remote_code_guard(tree) -> list[int]:
+    """Line numbers of `Auto*/Llava*.from_pretrained(...)` calls that pass neither trust_remote_code nor
+    `**kwargs` built by `pretrained_kwargs` in the same function."""
+    import ast
+
+    scopes = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    lines = set()
+    for scope in [tree, *scopes]:
+        kwargs_from_helper = "pretrained_kwargs(" in ast.unparse(scope)
+        for node in ast.walk(scope):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr == "from_pretrained" and isinstance(node.func.value, ast.Name)
+                    and node.func.value.id.startswith(("Auto", "Llava"))):
+                continue
+            named = {k.arg for k in node.keywords}
+            splatted = [k for k in node.keywords if k.arg is None]
+            if "trust_remote_code" in named:
+                continue
+            if any("pretrained_kwargs" in ast.unparse(k.value) or kwargs_from_helper for k in splatted):
+                continue
+            lines.add(node.lineno)
+    return sorted(lines)
+
+
+def test_every_transformers_load_in_the_package_refuses_remote_code():
+    """A static guard: each `Auto*/Llava*.from_pretrained(` call in the package passes trust_remote_code=False
+    (directly or through `pretrained_kwargs`), so a new load cannot silently reopen the auto_map door."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    offenders = [f"{path.relative_to(root)}:{line}"
+                 for pattern in ("mllm/**/*.py", "vision_tower/**/*.py", "demo/**/*.py", "projector/**/*.py")
+                 for path in root.glob(pattern)
+                 for line in _loads_without_remote_code_guard(ast.parse(path.read_text()))]
+    assert not offenders, offenders
