@@ -9,15 +9,36 @@ user errors by class, so those packages stay independent.
 """
 from __future__ import annotations
 
+import argparse
+import sys
+
+# module -> its exception classes that are user errors (looked up only once the module is imported)
+_FOREIGN_USER_ERRORS = {
+    "projector.builder": ("ProjectorMismatchError",),
+    "vision_tower.checkpoint": ("VisionCheckpointError", "VisionTowerLoadError"),
+    "vision_tower.image_io": ("ImageLoadError",),
+}
+
 
 class UserError(Exception):
     """A problem with what the user gave us (a path, an option, a file's contents) that the user can fix."""
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:
-    """Every exception class the CLI reports as one line: ours plus the tower's and projector's input errors."""
-    from projector.builder import ProjectorMismatchError
-    from vision_tower.checkpoint import VisionCheckpointError, VisionTowerLoadError
-    from vision_tower.image_io import ImageLoadError
+    """Every exception class the CLI reports as one line: ours plus the tower's and projector's input errors.
 
-    return (UserError, ProjectorMismatchError, VisionCheckpointError, VisionTowerLoadError, ImageLoadError)
+    A module that was never imported cannot have raised, so none is imported here: reporting an error found
+    before any model loads must not pay for importing torch."""
+    found: list[type[BaseException]] = [UserError]
+    for module_name, names in _FOREIGN_USER_ERRORS.items():
+        module = sys.modules.get(module_name)
+        if module is not None:
+            found += [getattr(module, name) for name in names]
+    return tuple(found)
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse whose usage errors are `UserError`s: one line from the CLI, not the whole usage block."""
+
+    def error(self, message: str):
+        raise UserError(f"{message} (see {self.prog} --help)")

@@ -148,9 +148,11 @@ class ModalityLengthGroupedSampler(Sampler[int]):
         }
 
     def load_state_dict(self, state: dict) -> None:
-        for key in ("seed", "num_samples", "world_size", "micro_batch_size", "grad_accum_steps"):
-            mine = self.state_dict()[key]
-            if state[key] != mine:
-                raise ValueError(f"cannot resume: checkpoint has {key}={state[key]}, this run has {mine}")
+        """Resume from `state`; a ValueError names every setting that differs (the order would not be the same)."""
+        mine = self.state_dict()
+        keys = ("seed", "num_samples", "world_size", "micro_batch_size", "grad_accum_steps")
+        differ = [f"{k} (checkpoint {state.get(k)}, this run {mine[k]})" for k in keys if state.get(k) != mine[k]]
+        if differ:
+            raise ValueError(f"the sampler's order differs in {'; '.join(differ)}")
         self.set_epoch(state["epoch"])
         self.set_start(state["start"])

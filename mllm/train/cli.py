@@ -11,8 +11,11 @@ import json
 import logging
 import os
 import sys
+import traceback
 
+from ..errors import UserError
 from .config import build_parser, resolve_config
+from .preflight import preflight
 
 MULTI_COMMAND = True
 STAGES = {
@@ -33,20 +36,27 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = resolve_config(stage, args, preset)
     except (ValueError, FileNotFoundError) as exc:
-        parser.error(str(exc))
+        raise UserError(str(exc)) from exc
     if args.print_config:
         print(json.dumps(config.to_dict(), indent=2))
         return 0
-    if not config.data_path:
-        parser.error("--data_path is required (LLaVA JSON or JSONL)")
     main_process = int(os.environ.get("RANK", "0")) == 0
     logging.basicConfig(level=logging.INFO if main_process else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "urllib3", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    checked = preflight(config)  # every user error we can see without a model: before importing torch
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     from .trainer import train
 
-    train(config)
+    with logging_redirect_tqdm():  # log lines go through the progress bar, never into the middle of it
+        try:
+            train(config, checked)
+        except BaseException as exc:
+            # drop the failed run's frames now: its progress bar closes here, above the one-line error
+            traceback.clear_frames(exc.__traceback__)
+            raise
     return 0
 
 

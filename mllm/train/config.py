@@ -15,6 +15,8 @@ from pathlib import Path
 
 import yaml
 
+from ..errors import OneLineErrorParser
+
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
 MODES = ("projector", "qlora", "lora", "full")
 
@@ -78,6 +80,15 @@ class TrainConfig:
     logging_steps: int = 10
     report_to: list[str] = field(default_factory=list)  # tensorboard, wandb
     resume_from: str | None = None  # a run dir (latest checkpoint) or a checkpoint dir
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "start a new run in an output_dir that holds another run, deleting its checkpoints and model "
+                "(without it, such an output_dir is refused)"})
+    resume_ignore_mismatch: bool = field(default=False, metadata={
+        "help": "resume even though the data file, process count, batch sizes or seed differ from the "
+                "checkpoint's (each difference is logged; the position in the data is kept as a sample count)"})
+    max_nonfinite_grad_steps: int = field(default=10, metadata={
+        "help": "optimizer updates skipped for a non-finite gradient norm (step and sample ids logged) before "
+                "the run stops; 0 stops at the first"})
 
     def __post_init__(self):
         if self.stage not in ("pretrain", "finetune"):
@@ -141,11 +152,12 @@ def _field_parser(tp):
             return [item for item in text.split(",") if item]
         return base(text)
 
+    parse.__name__ = getattr(base, "__name__", "value")  # argparse says "invalid int value: 'abc'"
     return parse
 
 
 def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = OneLineErrorParser(prog=prog, description=description)
     parser.add_argument("--preset", help="built-in preset name or YAML path (defaults per command)")
     parser.add_argument("--config", help="YAML file with field overrides, applied after the preset")
     parser.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
@@ -154,8 +166,9 @@ def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
         if f.name == "stage":
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        flag = {"nargs": "?", "const": True} if hints[f.name] is bool else {}  # a bare --flag means true
         parser.add_argument(f"--{f.name}", dest=f.name, type=_field_parser(hints[f.name]), default=argparse.SUPPRESS,
-                            metavar=f.name.upper(), help=f"(built-in default {default!r}; presets may set it)")
+                            metavar=f.name.upper(), help=f"(built-in default {default!r}; presets may set it)", **flag)
     return parser
 
 

@@ -9,11 +9,9 @@ distribution (DDP, DeepSpeed, FSDP, multi-node) and the trackers (tensorboard, w
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 
@@ -24,17 +22,29 @@ from ..config import LoraSpec, TowerSpec
 from ..constants import IGNORE_INDEX
 from ..llm import resolve_dtype
 from ..serialization import save_pretrained
-from .checkpointing import SHARDED_STATE_DIR, CheckpointWriter, find_resume_checkpoint, load_resume_state
+from .checkpointing import (
+    SHARDED_STATE_DIR,
+    CheckpointWriter,
+    load_resume_state,
+    load_scheduler_state,
+    read_trainer_state,
+)
 from .config import TrainConfig, save_config
 from .data import build_train_data
 from .distributed import plan_setup
 from .init_from import apply_init_from
+from .durable import write_text_atomic
+from .final_model import publish_model
 from .metrics import ProgressLogger, StepStats
+from .nonfinite import NonFiniteGradGuard, TrainingDivergedError
+from .preflight import Preflight, preflight
+from .run_record import ResumeMismatchError, carried_position
+from .rundir import SUMMARY_NAME, apply_plan
 
 logger = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(TrainingDivergedError):
     """The loss became NaN/inf; the message names the optimizer step and the samples of the micro-batch."""
 
 
@@ -73,18 +83,18 @@ def _zero_loss(model) -> torch.Tensor:
     return sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
 
 
-def train(config: TrainConfig) -> Path:
+def train(config: TrainConfig, checked: Preflight | None = None) -> Path:
+    """Run one training stage; `checked` is `preflight(config)` when the caller already ran it."""
+    config = apply_init_from(config)  # the checkpoint's model fields, before anything is checked or loaded
+    checked = checked or preflight(config)  # paths, options, run dir, resume compatibility: before any model
     from accelerate import Accelerator
     from transformers import get_scheduler
 
-    config = apply_init_from(config)
     on_cuda = torch.cuda.is_available()
     mode = config.resolved_mode(on_cuda)
     compute_dtype = resolve_dtype(config.dtype)
     plan = plan_setup(mode, compute_dtype)
-    _check_trackers(config.report_to)
-    world_env = int(os.environ.get("WORLD_SIZE", "1"))
-    ga_steps = config.gradient_accumulation_steps(world_env)
+    ga_steps = checked.gradient_accumulation_steps
     accelerator = Accelerator(
         cpu=not on_cuda,
         mixed_precision="bf16" if on_cuda and compute_dtype == torch.bfloat16 else "no",
@@ -101,8 +111,10 @@ def train(config: TrainConfig) -> Path:
     run_dir = Path(config.output_dir)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, run_dir)
         _log_to_file(run_dir / "train.log")
+        apply_plan(checked.run_dir)  # recover interrupted writes; overwrite, or set a resumed run's later state aside
+        save_config(config, run_dir)
+    accelerator.wait_for_everyone()  # no rank reads the run dir before it is settled
     torch.manual_seed(config.seed)  # identical initialisation of new weights on every rank
 
     model, processor = build_model(
@@ -141,31 +153,37 @@ def train(config: TrainConfig) -> Path:
     scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=math.ceil(config.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
 
-    state = {"step": 0, "epoch": 0, "micro_batches_in_epoch": 0, "tokens_seen": 0, "skipped": {}}
-    checkpoint = find_resume_checkpoint(config.resume_from) if config.resume_from else None
+    state = {"step": 0, "epoch": 0, "micro_batches_in_epoch": 0, "tokens_seen": 0, "skipped": {},
+             "nonfinite_grad_steps": 0}
+    record = {**checked.run, "data": {**checked.run["data"], "records": len(data.dataset)}}
+    checkpoint = checked.run_dir.resume_checkpoint
     if checkpoint is not None and not sharded:
-        state.update(load_resume_state(checkpoint, rank=rank, model=model, optimizer=optimizer, scheduler=scheduler))
+        saved = load_resume_state(checkpoint, rank=rank, model=model, optimizer=optimizer, scheduler=scheduler)
     wrapped, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(wrapped)
     if checkpoint is not None and sharded:  # engine-specific sharded state, restored by accelerate
         accelerator.load_state(str(checkpoint / SHARDED_STATE_DIR))
-        scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=True))
-        state.update(json.loads((checkpoint / "trainer_state.json").read_text()))
+        load_scheduler_state(checkpoint, scheduler)
+        saved = read_trainer_state(checkpoint)
     if checkpoint is not None:
+        _restore_progress(state, saved, record, data, config, checkpoint)
         if rank == 0 and state.get("skipped"):
             data.skip_report.merge(state["skipped"])  # ranks' reports are merged again at each save
         logger.info("resumed from %s at step %d (epoch %d)", checkpoint, state["step"], state["epoch"])
     writer = CheckpointWriter(run_dir, rank=rank, world_size=world, barrier=accelerator.wait_for_everyone,
                               keep_last=config.save_total_limit)
+    guard = NonFiniteGradGuard(config.max_nonfinite_grad_steps, skipped=state["nonfinite_grad_steps"])
     progress = ProgressLogger(accelerator, config, total_steps, initial=state["step"])
     if config.report_to:
         accelerator.init_trackers(run_dir.name, config={k: v for k, v in config.to_dict().items() if v is not None and not isinstance(v, list)})
 
     def save_checkpoint(step: int) -> Path:
         state["skipped"] = data.merged_skips(accelerator).to_dict()
+        consumed = state["micro_batches_in_epoch"] * config.micro_batch_size
+        trainer_state = {**state, "run": record, "sampler": data.sampler.state_dict(consumed=consumed)}
         return writer.save(step, save_model=lambda d: save_pretrained(unwrapped, processor, d), model=unwrapped,
                            optimizer=optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
-                           scheduler=scheduler, trainer_state=dict(state),
+                           scheduler=scheduler, trainer_state=trainer_state,
                            save_sharded=(lambda d: accelerator.save_state(str(d / SHARDED_STATE_DIR))) if sharded else None)
 
     started, last_saved = time.time(), None
@@ -182,7 +200,9 @@ def train(config: TrainConfig) -> Path:
                 epoch_done = True
             if not window:
                 break
-            stats = _optimizer_step(accelerator, wrapped, unwrapped, optimizer, scheduler, window, config, state["step"], data)
+            stats = _optimizer_step(accelerator, wrapped, unwrapped, optimizer, scheduler, window, config, state["step"], data,
+                                    guard)
+            state["nonfinite_grad_steps"] = guard.skipped
             state["step"] += 1
             state["micro_batches_in_epoch"] += len(window)
             state["tokens_seen"] += stats.tokens
@@ -198,21 +218,22 @@ def train(config: TrainConfig) -> Path:
     skips = data.merged_skips(accelerator)
     replicas = _check_replicas_agree(accelerator, unwrapped)
     if accelerator.is_main_process:
-        save_pretrained(unwrapped, processor, run_dir, extra={"train_steps": state["step"]})
+        publish_model(run_dir, lambda d: save_pretrained(unwrapped, processor, d, extra={"train_steps": state["step"]}))
         summary = {
             "stage": config.stage, "mode": mode, "steps": state["step"], "epochs_started": state["epoch"] + 1,
             "tokens_seen": state["tokens_seen"], "wall_time_s": round(time.time() - started, 2),
             "final_loss": progress.last_loss, "skipped": skips.counts, "world_size": world,
             "gradient_accumulation_steps": ga_steps, "checkpoint": str(last_saved), "model_dir": str(run_dir),
-            "trainable_sha256": replicas,
+            "trainable_sha256": replicas, "nonfinite_grad_steps_skipped": state["nonfinite_grad_steps"],
         }
-        (run_dir / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_text_atomic(run_dir / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
         progress.summary(summary, skips.summary(len(data.dataset)))
     accelerator.end_training()
     return run_dir
 
 
-def _optimizer_step(accelerator, wrapped, unwrapped, optimizer, scheduler, window, config, step, data) -> StepStats:
+def _optimizer_step(accelerator, wrapped, unwrapped, optimizer, scheduler, window, config, step, data,
+                    guard: NonFiniteGradGuard) -> StepStats:
     counts = torch.tensor([float((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in window]).sum().to(accelerator.device)
     total_labels = accelerator.reduce(counts, reduction="sum").item()
     world = accelerator.num_processes
@@ -246,11 +267,12 @@ def _optimizer_step(accelerator, wrapped, unwrapped, optimizer, scheduler, windo
                 tokens += int(batch["attention_mask"].sum())
             accelerator.backward(loss)
             loss_sum += micro_loss
-    grad_norm = None
-    if config.max_grad_norm and config.max_grad_norm > 0:
-        params = [p for p in unwrapped.parameters() if p.requires_grad]
-        grad_norm = float(accelerator.clip_grad_norm_(params, config.max_grad_norm))
-    optimizer.step()
+    # the norm is needed even without clipping (max_grad_norm 0 clips at inf): a non-finite one skips the update
+    clip_at = config.max_grad_norm if config.max_grad_norm and config.max_grad_norm > 0 else math.inf
+    norm = accelerator.clip_grad_norm_([p for p in unwrapped.parameters() if p.requires_grad], clip_at)
+    grad_norm = None if norm is None else float(norm)
+    if guard.allows_update(grad_norm, step=step + 1, sample_ids=lambda: _sample_ids(accelerator, window)):
+        optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     reduced = accelerator.reduce(torch.tensor([loss_sum, float(tokens)], device=accelerator.device), reduction="sum")
@@ -258,15 +280,27 @@ def _optimizer_step(accelerator, wrapped, unwrapped, optimizer, scheduler, windo
     return StepStats(loss=mean_loss, tokens=int(reduced[1].item()), grad_norm=grad_norm)
 
 
-def _check_trackers(report_to: list[str]) -> None:
-    """Fail before loading anything when a requested tracker's package is missing."""
-    packages = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",),
-                "comet_ml": ("comet_ml",), "aim": ("aim",), "clearml": ("clearml",), "dvclive": ("dvclive",)}
-    for tracker in report_to:
-        if tracker not in packages:
-            raise ValueError(f"unknown report_to tracker {tracker!r}; choose from {sorted(packages)}")
-        if not any(importlib.util.find_spec(p) for p in packages[tracker]):
-            raise ValueError(f"report_to={tracker} needs its package: pip install {packages[tracker][0]}")
+def _sample_ids(accelerator, window) -> list:
+    """The ids of the samples of one optimizer step, over all ranks (a collective call)."""
+    mine = [i for batch in window for i in batch.get("sample_ids", [])]
+    if accelerator.num_processes == 1:
+        return mine
+    from accelerate.utils import gather_object
+
+    return gather_object(mine)
+
+
+def _restore_progress(state: dict, saved: dict, record: dict, data, config: TrainConfig, checkpoint: Path) -> None:
+    """Take the checkpoint's progress counters; check (or, when accepted, adapt to) the sampler's geometry."""
+    state.update({key: saved[key] for key in state if key in saved})
+    if config.resume_ignore_mismatch:
+        state["micro_batches_in_epoch"] = carried_position(state["micro_batches_in_epoch"], saved.get("run") or {}, record)
+    elif "sampler" in saved:
+        try:
+            data.sampler.load_state_dict(saved["sampler"])
+        except ValueError as exc:
+            raise ResumeMismatchError(f"cannot resume from {checkpoint}: {exc}. Use the checkpoint's data and "
+                                      "settings, or pass --resume_ignore_mismatch to continue anyway") from exc
 
 
 def _check_replicas_agree(accelerator, model) -> str:

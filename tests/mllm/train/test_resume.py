@@ -1,4 +1,5 @@
-"""Resume after SIGKILL (mid-training and mid-checkpoint-write) ends bit-identical to an uninterrupted run."""
+"""Resume after SIGKILL (mid-training, mid-checkpoint-write, between the durable steps of a checkpoint
+replacement, a prune and the final-model swap) ends bit-identical to an uninterrupted run."""
 from __future__ import annotations
 
 import json
@@ -23,6 +24,31 @@ ck.save_file = slow
 from mllm.cli import main
 sys.exit(main(sys.argv[2:]))
 """
+
+
+# Trains and SIGKILLs itself right after the n-th time a named durable step is reached (see mllm.train.durable).
+KILL_AT_STEP = """
+import functools, os, signal, sys
+import mllm.train.trainer as trainer
+name, nth, seen = sys.argv[1], int(sys.argv[2]), []
+def hook(step):
+    seen.extend([step] if step == name else [])
+    if len(seen) == nth:
+        os.kill(os.getpid(), signal.SIGKILL)
+trainer.CheckpointWriter = functools.partial(trainer.CheckpointWriter, step_hook=hook)
+trainer.publish_model = functools.partial(trainer.publish_model, step_hook=hook)
+from mllm.cli import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+@pytest.fixture(scope="module")
+def reference(train_env, tmp_path_factory):
+    from .conftest import base_args, run_cli
+
+    out = tmp_path_factory.mktemp("resume") / "reference"
+    run_cli(["finetune", *base_args(train_env, out)])
+    return out
 
 
 def _weights(run_dir):
@@ -60,9 +86,7 @@ def _wait_for(path_predicate, proc, timeout=240):
 
 
 @pytest.mark.slow
-def test_sigkill_resume_bit_identical(train_env, cli, tmp_path):
-    reference = tmp_path / "reference"
-    cli.run(["finetune", *cli.args(train_env, reference)])
+def test_sigkill_resume_bit_identical(train_env, cli, tmp_path, reference):
 
     # 1) killed mid-training, right after checkpoint-2 is complete
     killed = tmp_path / "killed_training"
@@ -88,3 +112,31 @@ def test_sigkill_resume_bit_identical(train_env, cli, tmp_path):
     assert not list(killed_io.glob(".tmp-checkpoint-*"))
     summary = json.loads((killed_io / "training_summary.json").read_text())
     assert summary["steps"] == 6
+
+
+def _killed_at(step_name: str, nth: int, args: list[str]) -> None:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", KILL_AT_STEP, step_name, str(nth), *args], capture_output=True,
+                          text=True, env=env, check=False)
+    assert done.returncode == -signal.SIGKILL, f"not killed at {step_name}: {done.stderr[-3000:]}"
+
+
+@pytest.mark.slow
+def test_sigkill_between_durable_steps_always_resumes(train_env, cli, tmp_path, reference):
+    """Real SIGKILLs: mid-prune, mid-replacement of a checkpoint, mid-swap of the final model."""
+    run = tmp_path / "run"
+    # saves at steps 2, 4, 6 keeping 2: the save of step 6 prunes checkpoint-2; die once it is renamed for deletion
+    _killed_at("renamed_for_deletion", 1, ["finetune", *cli.args(train_env, run)])
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-6"]
+    assert not (run / "config.json").exists()  # the final model was never published
+    # resuming at the last step re-saves checkpoint-6 (a replacement): die with the old copy renamed aside
+    _killed_at("old_moved_aside", 1, ["finetune", *cli.args(train_env, run, resume_from=run)])
+    assert not (run / "checkpoint-6").exists() and (run / ".old-checkpoint-6" / "trainer_state.json").is_file()
+    # again, now dying halfway through swapping the final model in: no manifest, so nothing loadable is mixed
+    _killed_at("parts_swapped", 1, ["finetune", *cli.args(train_env, run, resume_from=run)])
+    assert not (run / "config.json").exists() and (run / ".new-model" / "config.json").is_file()
+    done = cli.run(["finetune", *cli.args(train_env, run, resume_from=run)])
+    assert "checkpoint-6" in done.stderr
+    _assert_bit_identical(reference, run)
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".")]
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-6"]
