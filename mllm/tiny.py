@@ -80,20 +80,25 @@ def save_tiny_llm(directory: str | Path, family: str = "llama", *, seed: int = 0
     return Path(directory)
 
 
-def tiny_tower_config(*, image_size: int = 28, patch_size: int = 14, hidden_size: int = 32, num_layers: int = 3,
-                      num_heads: int = 2, intermediate_size: int = 64, rope_pt_grid: int | None = None):
-    """An EVA02 tower config with the real structure (RoPE, SwiGLU + sub-LN, CLS) at toy size."""
+def tiny_tower_config(*, arch: str = "eva02", image_size: int = 28, patch_size: int = 14, hidden_size: int = 32,
+                      num_layers: int = 3, num_heads: int = 2, intermediate_size: int = 64,
+                      rope_pt_grid: int | None = None):
+    """A tower config with the real structure at toy size: `eva02` (RoPE, SwiGLU + sub-LN, CLS; the LLM2CLIP
+    tower) or `clip` (transformers' CLIPVisionModel, quick-GELU; LLaVA-1.5's OpenAI CLIP tower)."""
     from vision_tower import VisionTowerConfig
 
-    return VisionTowerConfig(
-        arch="eva02", name=f"tiny-eva02-{image_size}-{patch_size}", image_size=image_size, patch_size=patch_size,
-        hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads, intermediate_size=intermediate_size,
-        rope_pt_grid=rope_pt_grid or image_size // patch_size,
-    )
+    common = dict(name=f"tiny-{arch}-{image_size}-{patch_size}", image_size=image_size, patch_size=patch_size,
+                  hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads,
+                  intermediate_size=intermediate_size)
+    if arch == "clip":
+        return VisionTowerConfig(arch="clip", layer_norm_eps=1e-5, rope=False, hidden_act="quick_gelu", **common)
+    if arch != "eva02":
+        raise ValueError(f"unknown tower arch {arch!r}; choose eva02 or clip")
+    return VisionTowerConfig(arch="eva02", rope_pt_grid=rope_pt_grid or image_size // patch_size, **common)
 
 
 def save_tiny_tower(directory: str | Path, *, seed: int = 0, **sizes) -> Path:
-    """Randomly initialise a tiny EVA02 tower and save it with `save_pretrained`."""
+    """Randomly initialise a tiny tower (EVA02 unless `arch="clip"`) and save it with `save_pretrained`."""
     from vision_tower import build_vision_tower
 
     torch.manual_seed(seed)

@@ -1,11 +1,12 @@
-"""Export held-out synthetic QA in the standard POPE, MME and VQAv2 layouts, so the real readers and
-official-equivalent scorers run end to end on data small enough for CI.
+"""Export held-out synthetic QA in the standard POPE, MME, VQAv2, GQA, TextVQA and ScienceQA layouts, so the
+real readers and official-equivalent scorers run end to end on data small enough for CI.
 
 Input: dicts (or objects with the same attributes) ``{"image": path, "question": str, "answer": str,
-"kind": "yes_no"|"short"}`` plus optional ``question_id``, ``mme_subtask`` (default ``existence``) and
-``pope_split`` (default ``random``) — the records of the quickstart's ``heldout.json`` qualify (other keys are
-ignored). Relative image paths resolve against ``image_root``. Images are copied (never converted) under
-unique names.
+"kind": "yes_no"|"short"}`` plus optional ``question_id``, ``mme_subtask`` (default ``existence``),
+``pope_split`` (default ``random``) and ``choices`` (the answer set, for ScienceQA) — the records of the
+quickstart's ``heldout.json`` qualify (other keys are ignored). Relative image paths resolve against
+``image_root``. Images are copied under unique names (converted to JPEG where the reader looks up ``.jpg``:
+GQA, TextVQA).
 
 - POPE: yes/no questions -> ``pope/coco/coco_pope_<split>.json`` + ``pope/val2014/``.
 - MME: yes/no questions, paired per image in input order (MME scores an image by its *pair* of questions,
@@ -13,6 +14,16 @@ unique names.
   ``mme/<subtask>/images`` + ``questions_answers_YN``. Needs images with >= 2 yes/no questions.
 - VQAv2: every question, its EvalAI-normalised answer as all ten human answers (VQAv2 stores answers
   normalised; vqaEval.py compares unanimous humans without normalising) -> ``vqav2/`` val2014 files.
+- GQA: every question, balanced, its answer lower-cased (GQA's answers are) -> ``gqa/testdev_balanced_questions.json``
+  + ``gqa/images/<imageId>.jpg``.
+- TextVQA: every question with its answer as all ten human answers and no OCR tokens ->
+  ``textvqa/TextVQA_0.5.1_val.json`` + ``textvqa/train_images/<image_id>.jpg``.
+- ScienceQA: questions with ``choices`` holding their answer, as test problems with an image ->
+  ``sqa/problems.json`` + ``pid_splits.json`` + ``images/test/<pid>/image.png``.
+
+``layout="llava"`` puts each format where LLaVA-1.5's ``playground/data/eval`` keeps it
+(``mllm.data.llava_layout.EVAL_PIECES``: ``MME/MME_Benchmark_release_version``, ``gqa/data``, ``scienceqa``, ...)
+instead of ``<out_dir>/<format>``.
 
 A format that ends up with no question (e.g. MME when every image has a single yes/no question) is left out
 of the returned dict, with a logged warning saying why.
@@ -26,12 +37,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..data.llava_layout import EVAL_PIECES
 from .benchmarks import load_benchmark
 from .scorers.vqa import evalai_normalize
 from .types import Benchmark
 
 VQA_SUBTYPE = "val2014"
 MARKER = ".synthetic_export"
+FORMATS = ("pope", "mme", "vqav2", "gqa", "textvqa", "sqa")
 log = logging.getLogger(__name__)
 
 
@@ -54,7 +67,7 @@ def _as_dict(sample) -> dict:
     if isinstance(sample, dict):
         return sample
     return {k: getattr(sample, k) for k in ("image", "question", "answer", "kind", "question_id", "mme_subtask",
-                                             "pope_split") if hasattr(sample, k)}
+                                             "pope_split", "choices") if hasattr(sample, k)}
 
 
 def _normalize(samples: Iterable, image_root: str | Path | None) -> list[dict]:
@@ -77,28 +90,34 @@ def _normalize(samples: Iterable, image_root: str | Path | None) -> list[dict]:
             raise ValueError(f"sample {i}: question contains a tab or newline (MME's txt format cannot hold it)")
         out.append({"image": image.resolve(), "question": s["question"], "answer": answer, "kind": s["kind"],
                     "question_id": str(s.get("question_id") or i), "mme_subtask": s.get("mme_subtask") or "existence",
-                    "pope_split": s.get("pope_split") or "random"})
+                    "pope_split": s.get("pope_split") or "random", "choices": [str(c) for c in s.get("choices") or []]})
     if not out:
         raise ValueError("no samples to export")
     return out
 
 
 def export_synthetic(samples: Iterable, out_dir: str | Path, image_root: str | Path | None = None,
-                     formats: tuple[str, ...] = ("pope", "mme", "vqav2")) -> dict[str, ExportedBenchmark]:
-    """Write the requested formats under ``out_dir/<format>/``; returns name -> ExportedBenchmark."""
+                     formats: tuple[str, ...] = ("pope", "mme", "vqav2"),
+                     layout: str = "flat") -> dict[str, ExportedBenchmark]:
+    """Write the requested formats under ``out_dir/<format>/`` (``layout="flat"``) or where LLaVA's eval folder
+    keeps them (``layout="llava"``); returns name -> ExportedBenchmark."""
     rows = _normalize(samples, image_root)
     out = Path(out_dir)
     image_ids = {}
     for r in rows:  # one numeric id per distinct source image, in first-seen order
         image_ids.setdefault(r["image"], len(image_ids) + 1)
-    writers = {"pope": _write_pope, "mme": _write_mme, "vqav2": _write_vqav2}
+    writers = {"pope": _write_pope, "mme": _write_mme, "vqav2": _write_vqav2, "gqa": _write_gqa,
+               "textvqa": _write_textvqa, "sqa": _write_sqa}
     unknown = [f for f in formats if f not in writers]
     if unknown:
         raise ValueError(f"unknown format(s) {unknown}; choose from {sorted(writers)}")
+    if layout not in ("flat", "llava"):
+        raise ValueError(f"layout must be 'flat' or 'llava', got {layout!r}")
     exported = {}
     for f in formats:
-        _fresh_dir(out / f)
-        result = writers[f](rows, out / f, image_ids)
+        folder = out / (EVAL_PIECES[f].data if layout == "llava" else f)
+        _fresh_dir(folder)
+        result = writers[f](rows, folder, image_ids)
         if result.n_questions:
             exported[f] = result
         else:
@@ -122,6 +141,18 @@ def _copy(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     if not dst.exists() or dst.stat().st_size != src.stat().st_size:
         shutil.copyfile(src, dst)
+
+
+def _save_jpeg(src: Path, dst: Path) -> None:
+    """For readers that look up ``<id>.jpg`` (GQA, TextVQA): the image re-encoded as JPEG (quality 95)."""
+    from PIL import Image
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if src.suffix.lower() in (".jpg", ".jpeg"):
+        _copy(src, dst)
+        return
+    with Image.open(src) as im:
+        im.convert("RGB").save(dst, format="JPEG", quality=95)
 
 
 def _write_pope(rows, root: Path, image_ids) -> ExportedBenchmark:
@@ -186,3 +217,49 @@ def _write_vqav2(rows, root: Path, image_ids) -> ExportedBenchmark:
         json.dumps({**common, "annotations": annotations}), encoding="utf-8")
     return ExportedBenchmark("vqav2", root, {"split": VQA_SUBTYPE}, len(rows))
 
+
+
+def _write_gqa(rows, root: Path, image_ids) -> ExportedBenchmark:
+    questions = {}
+    for n, r in enumerate(rows, 1):
+        image_id = f"s{image_ids[r['image']]}"
+        _save_jpeg(r["image"], root / "images" / f"{image_id}.jpg")
+        structural = "verify" if r["kind"] == "yes_no" else "query"
+        questions[str(n)] = {"imageId": image_id, "question": r["question"], "answer": r["answer"].lower(),
+                             "fullAnswer": r["answer"], "isBalanced": True,
+                             "types": {"structural": structural, "semantic": "attr", "detailed": "synthetic"},
+                             "groups": {"global": None, "local": None}, "synthetic_question_id": r["question_id"]}
+    (root / "testdev_balanced_questions.json").write_text(json.dumps(questions), encoding="utf-8")
+    return ExportedBenchmark("gqa", root, {}, len(rows))
+
+
+def _write_textvqa(rows, root: Path, image_ids) -> ExportedBenchmark:
+    data = []
+    for n, r in enumerate(rows, 1):
+        image_id = f"{image_ids[r['image']]:016x}"  # TextVQA's image ids are 16 hex digits
+        _save_jpeg(r["image"], root / "train_images" / f"{image_id}.jpg")
+        data.append({"question_id": n, "image_id": image_id, "question": r["question"], "answers": [r["answer"]] * 10,
+                     "ocr_tokens": [], "image_classes": [], "set_name": "val",
+                     "synthetic_question_id": r["question_id"]})
+    (root / "TextVQA_0.5.1_val.json").write_text(
+        json.dumps({"dataset_type": "val", "dataset_name": "textvqa", "dataset_version": "0.5.1", "data": data}),
+        encoding="utf-8")
+    return ExportedBenchmark("textvqa", root, {}, len(rows))
+
+
+def _write_sqa(rows, root: Path, image_ids) -> ExportedBenchmark:
+    mcq = [r for r in rows if r["answer"].lower() in [c.lower() for c in r["choices"]] and 2 <= len(r["choices"]) <= 5]
+    if not mcq:
+        return ExportedBenchmark("sqa", root, reason="no samples with 2-5 choices holding their answer")
+    problems, pids = {}, []
+    for n, r in enumerate(mcq, 1):
+        pid = str(n)
+        _copy(r["image"], root / "images" / "test" / pid / f"image{r['image'].suffix}")
+        answer = [c.lower() for c in r["choices"]].index(r["answer"].lower())
+        problems[pid] = {"question": r["question"], "choices": r["choices"], "answer": answer, "hint": "",
+                         "image": f"image{r['image'].suffix}", "split": "test", "subject": "synthetic",
+                         "synthetic_question_id": r["question_id"]}
+        pids.append(pid)
+    (root / "problems.json").write_text(json.dumps(problems), encoding="utf-8")
+    (root / "pid_splits.json").write_text(json.dumps({"test": pids}), encoding="utf-8")
+    return ExportedBenchmark("sqa", root, {}, len(mcq), len(rows) - len(mcq))

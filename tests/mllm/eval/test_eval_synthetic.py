@@ -89,6 +89,40 @@ def test_quickstart_heldout_exports(tmp_path, caplog):
         assert "no mme benchmark written" in caplog.text
 
 
+def test_gqa_textvqa_sqa_in_llava_eval_layout_score_like_the_official_code(tmp_path):
+    samples = [{**s, "choices": ["red", "blue", "green", "black"] if s["kind"] == "short" else ["yes", "no"]}
+               for s in _samples(tmp_path)]
+    exported = export_synthetic(samples, tmp_path / "eval", image_root=tmp_path,
+                                formats=("pope", "mme", "gqa", "textvqa", "sqa"), layout="llava")
+    where = {name: bench.data.relative_to(tmp_path / "eval").as_posix() for name, bench in exported.items()}
+    assert where == {"pope": "pope", "mme": "MME/MME_Benchmark_release_version", "gqa": "gqa/data",
+                     "textvqa": "textvqa", "sqa": "scienceqa"}  # LLaVA's docs/Evaluation.md folders
+
+    gqa = exported["gqa"].build()
+    items = gqa.load()
+    assert len(items) == len(samples) and all(it.images[0].endswith(".jpg") for it in items)
+    assert Image.open(items[0].images[0]).format == "JPEG"
+    right = {it.question_id: it.target["answer"].capitalize() + "." for it in items}  # LLaVA strips '.', lowers
+    assert gqa.score(items, right).metrics["accuracy"] == 100.0
+    assert gqa.score(items, {q: "purple" for q in right}).metrics["accuracy"] == 0.0
+
+    textvqa = exported["textvqa"].build()
+    items = textvqa.load()
+    assert "Reference OCR token" not in items[0].prompt  # no OCR tokens: no OCR line
+    right = {it.question_id: it.target["answers"][0] for it in items}
+    assert textvqa.score(items, right).metrics["accuracy"] == 100.0
+    assert textvqa.score(items, {q: "purple" for q in right}).metrics["accuracy"] == 0.0
+
+    sqa = exported["sqa"].build()
+    items = sqa.load()
+    assert len(items) == len(samples) and all(it.meta["has_image"] for it in items)
+    assert "\nA. red\nB. blue" in items[2].prompt or "\nA. yes\nB. no" in items[0].prompt
+    letters = {it.question_id: "ABCD"[it.target["answer"]] for it in items}
+    assert sqa.score(items, letters).metrics["img_accuracy"] == 100.0
+    wrong = {q: "ABCD"[("ABCD".index(a) + 1) % 2] for q, a in letters.items()}
+    assert sqa.score(items, wrong).metrics["img_accuracy"] == 0.0
+
+
 @pytest.mark.parametrize("bad,match", [
     ({"kind": "multiple"}, "kind must be"), ({"answer": "maybe"}, "yes_no answer must be yes/no"),
     ({"image": "missing.png"}, "image not found"), ({"question": "a\tb"}, "tab or newline"),
@@ -101,4 +135,4 @@ def test_bad_samples_are_rejected(tmp_path, bad, match):
         export_synthetic([sample], tmp_path / "out")
     with pytest.raises(ValueError, match="unknown format"):
         export_synthetic([{**sample, **{"answer": "yes", "kind": "yes_no", "image": str(tmp_path / "x.png"),
-                                        "question": "q"}}], tmp_path / "out", formats=("gqa",))
+                                        "question": "q"}}], tmp_path / "out", formats=("mmmu",))
