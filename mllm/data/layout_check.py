@@ -254,33 +254,34 @@ class LayoutChecker:
     # ------------------------------------------------------------------ evaluation data
     def check_benchmark(self, piece: L.EvalPiece) -> None:
         eval_root = self.root / L.EVAL_DIR
-        data = eval_root / piece.data
+        rel = piece.eval_data(eval_root)  # what the recipe's `eval --data` will read
+        data = eval_root / rel
         name = f"eval:{piece.benchmark}"
         downloads = self._downloads(piece.download)
         self._check_question_file(piece, name)
         if not data.exists():
-            self.report.summary.append((name, f"{L.EVAL_DIR}/{piece.data}: missing"))
-            self.report.add("error", name, f"{L.EVAL_DIR}/{piece.data} is missing", downloads)
+            self.report.summary.append((name, f"{L.EVAL_DIR}/{rel}: missing"))
+            self.report.add("error", name, f"{L.EVAL_DIR}/{rel} is missing", downloads)
             return
         if piece.benchmark == "pope" and not self._check_pope(data, name, downloads):
             return
-        items = self._load_items(piece, data, name, downloads)
+        items = self._load_items(piece, data, rel, name, downloads)
         if items is None:
             return
         images = sorted({path for item in items for path in item.images})
         picked = self._pick(images)
         self.progress.add_total(len(picked))
         missing, other_ext = self._missing_images(Path("/"), [str(Path(p).resolve()) for p in picked])
-        self.report.summary.append((name, f"{L.EVAL_DIR}/{piece.data}: {len(items):,} questions, {len(images):,} "
+        self.report.summary.append((name, f"{L.EVAL_DIR}/{rel}: {len(items):,} questions, {len(images):,} "
                                           f"images, {len(picked) - len(missing):,}/{len(picked):,} "
                                           f"{'checked' if len(picked) == len(images) else 'sampled'} present"))
         if missing:
-            rel = [str(Path(m).relative_to(eval_root.resolve())) if Path(m).is_relative_to(eval_root.resolve())
-                   else m for m in missing]
-            self._image_problem(name, f"{L.EVAL_DIR}/{piece.data} images", rel, len(picked), len(images), other_ext,
+            shown = [str(Path(m).relative_to(eval_root.resolve())) if Path(m).is_relative_to(eval_root.resolve())
+                     else m for m in missing]
+            self._image_problem(name, f"{L.EVAL_DIR}/{rel} images", shown, len(picked), len(images), other_ext,
                                 downloads)
 
-    def _load_items(self, piece: L.EvalPiece, data: Path, name: str, downloads: list[str]):
+    def _load_items(self, piece: L.EvalPiece, data: Path, rel: str, name: str, downloads: list[str]):
         """The benchmark's own reader (what `eval` will run): its refusal is the problem to report."""
         from ..eval.benchmarks import load_benchmark
 
@@ -293,9 +294,9 @@ class LayoutChecker:
             return load_benchmark(piece.benchmark, data, **options).load()
         except Exception as e:  # noqa: BLE001 - any refusal of the reader is a finding, named by its message
             message = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            self.report.summary.append((name, f"{L.EVAL_DIR}/{piece.data}: unreadable"))
-            self.report.add("error", name, f"the {piece.benchmark} reader refuses {L.EVAL_DIR}/{piece.data}: "
-                            f"{message}", downloads)
+            self.report.summary.append((name, f"{L.EVAL_DIR}/{rel}: unreadable"))
+            self.report.add("error", name, f"the {piece.benchmark} reader refuses {L.EVAL_DIR}/{rel}: {message}",
+                            downloads)
             return None
         finally:
             if scratch is not None:

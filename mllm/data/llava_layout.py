@@ -15,6 +15,7 @@ The sha256 pins below identify git-committed files (eval.zip's question files, P
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 
 HF_DOWNLOAD = "hf download {repo} {files}--repo-type dataset --local-dir {dest}"
 
@@ -45,9 +46,10 @@ class ImageSource:
 class EvalPiece:
     """One benchmark's folder under `eval/` as LLaVA-1.5's docs/Evaluation.md lays it out.
 
-    `data` is what the benchmark reader (`llm2clip-llava eval --data`) takes: the benchmark's original files,
-    which LLaVA's scripts read too. `question_file` is LLaVA's prompt file from eval.zip (sha256 and line
-    count of LLaVA's commit), next to them."""
+    `data` is where the benchmark's original files are, what `eval --data` reads without eval.zip.
+    `question_file` is LLaVA's prompt file from eval.zip (sha256 and line count of LLaVA's commit); when it is
+    there, `eval --data <its folder>` takes the prompts from it (the ones LLaVA's numbers were measured with)
+    and the labels from the original files: `eval_data` picks that folder."""
 
     benchmark: str
     data: str  # relative to the eval folder
@@ -56,6 +58,13 @@ class EvalPiece:
     question_sha256: str | None = None
     question_count: int | None = None
     options: dict = field(default_factory=dict)
+
+    def eval_data(self, eval_root: str | Path) -> str:
+        """What `eval --data` gets, relative to the eval folder: eval.zip's folder when its question file is
+        there, else the original files."""
+        if self.question_file and (Path(eval_root) / self.question_file).is_file():
+            return str(PurePosixPath(self.question_file).parent)
+        return self.data
 
 
 PRETRAIN = TrainingSet(

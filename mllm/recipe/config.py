@@ -57,8 +57,11 @@ class Stage:
 @dataclass
 class Benchmark:
     name: str
-    data: str  # relative to <data root>/eval
+    data: str | None = None  # relative to <data root>/eval; None: eval.zip's folder if extracted, else the originals
     options: dict = field(default_factory=dict)  # `eval --option KEY=VALUE`
+
+    def data_path(self, eval_root: Path) -> Path:
+        return eval_root / (self.data or EVAL_PIECES[self.name].eval_data(eval_root))
 
 
 @dataclass
@@ -117,7 +120,6 @@ def _benchmark(entry, where: str) -> Benchmark:
     name = data["name"]
     if name not in EVAL_PIECES:
         raise RecipeError(f"{where}: unknown benchmark {name!r}; known: {', '.join(EVAL_PIECES)}")
-    data.setdefault("data", EVAL_PIECES[name].data)
     return Benchmark(**data)
 
 

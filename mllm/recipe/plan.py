@@ -107,7 +107,7 @@ def build_plan(config: RecipeConfig) -> list[Step]:
         model = out / tower.key / "stage2"
         for bench in config.benchmarks:
             output = out / tower.key / "eval" / bench.name
-            args = ["--model", str(model), "--benchmark", bench.name, "--data", str(config.eval_root / bench.data),
+            args = ["--model", str(model), "--benchmark", bench.name, "--data", str(bench.data_path(config.eval_root)),
                     "--output-dir", str(output), "--label", tower.label, *eval_flags]
             for k, v in bench.options.items():
                 args += ["--option", f"{k}={_flag_value(v)}"]

@@ -149,3 +149,13 @@ def test_multi_process_training_runs_under_accelerate_launch_and_marks_only_succ
     cmd = calls[-1]
     assert cmd[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
     assert cmd[3:8] == ["--num_processes", "8", "-m", "mllm.cli", "pretrain"] and cmd[8:] == step.args
+
+
+def test_eval_reads_llavas_question_files_once_eval_zip_is_extracted(tmp_path):
+    config = _paper(data_root=str(tmp_path), benchmarks=["gqa", "mmbench"])
+    data_of = lambda: {s.id: s.args[s.args.index("--data") + 1] for s in build_plan(config) if s.command == "eval"}  # noqa: E731
+    assert data_of()["clip/eval/gqa"] == f"{tmp_path}/eval/gqa/data"  # GQA's own files
+    (tmp_path / "eval" / "gqa").mkdir(parents=True)
+    (tmp_path / "eval" / "gqa" / "llava_gqa_testdev_balanced.jsonl").write_text("{}\n")
+    assert data_of()["clip/eval/gqa"] == f"{tmp_path}/eval/gqa"  # eval.zip's folder: LLaVA's prompts
+    assert data_of()["clip/eval/mmbench"] == f"{tmp_path}/eval/mmbench/mmbench_dev_20230712.tsv"
