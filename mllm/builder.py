@@ -94,7 +94,7 @@ def build_model(
                          quant_storage=quant_storage, revision=llm_revision)
     vision = load_tower(tower, dtype=compute_dtype)
     tower.name = tower.name or tower_name(vision)
-    d_llm = llm_model.get_input_embeddings().weight.shape[1]
+    d_llm = llm_model.get_input_embeddings().embedding_dim  # also under ZeRO-3, whose weights are partitioned at load
     if projector_path is not None:
         proj = load_projector(
             projector_path, expected_in_features=vision.hidden_size, expected_out_features=d_llm, expected_tower=tower.name

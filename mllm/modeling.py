@@ -59,9 +59,28 @@ class MLLM(nn.Module):
     def get_input_embeddings(self) -> nn.Module:
         return base_causal_lm(self.llm).get_input_embeddings()
 
+    def get_output_embeddings(self) -> nn.Module | None:
+        return base_causal_lm(self.llm).get_output_embeddings()
+
+    @property
+    def _no_split_modules(self) -> list[str]:
+        """Blocks that are never split across devices and that FSDP wraps one unit each (accelerate reads this):
+        the LLM's decoder layer and the vision tower's block."""
+        names = list(getattr(base_causal_lm(self.llm), "_no_split_modules", None) or [])
+        blocks = getattr(self.vision_tower, "blocks", None)
+        if blocks is not None and len(blocks):
+            names.append(type(blocks[0]).__name__)
+        return list(dict.fromkeys(names))
+
     def place_vision_modules(self) -> None:
-        """Put tower and projector on the device of the LLM's input embeddings (also under a device_map)."""
+        """Put tower and projector on the device of the LLM's input embeddings (also under a device_map).
+
+        An LLM on the meta device (FSDP's rank-0-only loading: rank 0 broadcasts the weights later) leaves them
+        where they are, so their non-persistent buffers keep real values.
+        """
         device = self.device
+        if device.type == "meta":
+            return
         self.vision_tower.to(device)
         self.projector.to(device)
 
@@ -91,11 +110,12 @@ class MLLM(nn.Module):
         if n_images:
             features = self.encode_images(pixel_values)
             embeds = embeds.masked_scatter(image_mask.unsqueeze(-1), features.reshape(-1, features.shape[-1]).to(embeds.dtype))
-        elif self.training and any(p.requires_grad for p in self.projector.parameters()):
-            # Text-only batch: keep the projector in the graph (zero contribution) so DDP/ZeRO see its grads.
-            first = next(self.projector.parameters())
-            dummy = first.new_zeros(1, 1, self.vision_tower.hidden_size)
-            embeds = embeds + 0.0 * self.projector(dummy).sum().to(embeds.dtype)
+        elif self.training:
+            # Text-only batch: one blank image goes through tower and projector with zero weight, so DDP/ZeRO see
+            # the projector's gradients and every rank of FSDP/ZeRO-3 gathers the same parameters in the same order.
+            size = self.vision_tower.image_size
+            blank = embeds.new_zeros(1, 3, size, size)
+            embeds = embeds + 0.0 * self.encode_images(blank).sum().to(embeds.dtype)
         return embeds
 
     # ------------------------------------------------------------------ forward

@@ -19,6 +19,7 @@ from ..errors import OneLineErrorParser
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
 MODES = ("projector", "qlora", "lora", "full")
+LOSS_REDUCTIONS = ("token", "per_device")
 
 
 @dataclass
@@ -72,6 +73,11 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
+    loss_reduction: str = field(default="token", metadata={"help": (
+        "token: one token-weighted mean over the global batch (exact under accumulation and any number of ranks); "
+        "per_device: mean of per-micro-batch means over devices and accumulation steps, as HF Trainer computes it "
+        "for LLaVA's scripts")})
+    tf32: bool = field(default=True, metadata={"help": "TF32 matmuls on Ampere+ GPUs, as LLaVA's --tf32 True (no effect on CPU)"})
     seed: int = 42
     # --- output
     output_dir: str = "runs/finetune"
@@ -95,6 +101,8 @@ class TrainConfig:
             raise ValueError(f"stage must be pretrain or finetune, got {self.stage!r}")
         if self.mode not in (*MODES, "auto"):
             raise ValueError(f"mode must be one of {MODES} or auto, got {self.mode!r}")
+        if self.loss_reduction not in LOSS_REDUCTIONS:
+            raise ValueError(f"loss_reduction must be one of {LOSS_REDUCTIONS}, got {self.loss_reduction!r}")
         if self.micro_batch_size < 1 or self.global_batch_size < 1:
             raise ValueError("global_batch_size and micro_batch_size must be >= 1")
 

@@ -8,7 +8,6 @@ distribution (DDP, DeepSpeed, FSDP, multi-node) and the trackers (tensorboard, w
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -31,7 +30,7 @@ from .checkpointing import (
 )
 from .config import TrainConfig, save_config
 from .data import build_train_data
-from .distributed import plan_setup
+from .distributed import create_accelerator, plan_setup
 from .init_from import apply_init_from
 from .durable import write_text_atomic
 from .final_model import publish_model
@@ -40,6 +39,7 @@ from .nonfinite import NonFiniteGradGuard, TrainingDivergedError
 from .preflight import Preflight, preflight
 from .run_record import ResumeMismatchError, carried_position
 from .rundir import SUMMARY_NAME, apply_plan
+from .sharding import count_fsdp_units, gather_whole_weights, whole_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -78,16 +78,40 @@ def _main_lr(optimizer) -> float:
     return next((g["lr"] for g in groups if not g.get("name", "").startswith("projector")), groups[0]["lr"])
 
 
-def _zero_loss(model) -> torch.Tensor:
-    """A zero that touches every trainable parameter, for a rank whose micro-batch lost all its samples."""
-    return sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
+def _placeholder_batch(tokenizer) -> dict:
+    """One unlabelled token: what a rank whose micro-batch lost all its samples feeds the wrapped model, so that it
+    makes the same forward/backward collectives as the other ranks (FSDP gathers, DDP/ZeRO reductions)."""
+    token = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else (tokenizer.pad_token_id or 0)
+    ids = torch.tensor([[token]])
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.full_like(ids, IGNORE_INDEX)}
+
+
+def keep_trainable_precision(model, *, keep_llm_dtype: bool) -> None:
+    """Trainable weights train in fp32 (bf16 compute comes from autocast), except a fully trained LLM on GPUs.
+
+    The small trainable parts (projector, LoRA, unfrozen tower blocks) get fp32 weights and AdamW states. A fully
+    fine-tuned LLM keeps its bf16 weights on CUDA (fp32 would cost 16 bytes per parameter with Adam): DeepSpeed
+    then keeps fp32 master weights and optimizer states in its ZeRO shards, FSDP (accelerate) keeps sharded fp32
+    master weights and computes in bf16, and plain DDP / one GPU trains in pure bf16 (bf16 AdamW states, as HF
+    Trainer does with a bf16-loaded model).
+    """
+    kept = {id(p) for p in model.llm.parameters()} if keep_llm_dtype else set()
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != torch.float32 and id(p) not in kept:
+            p.data = p.data.float()
+
+
+def enable_tf32(enabled: bool, on_cuda: bool) -> None:
+    """TF32 matmuls on Ampere+ GPUs (LLaVA's `--tf32 True`); CPUs are left alone."""
+    if on_cuda:
+        torch.set_float32_matmul_precision("high" if enabled else "highest")
+        torch.backends.cudnn.allow_tf32 = enabled
 
 
 def train(config: TrainConfig, checked: Preflight | None = None) -> Path:
     """Run one training stage; `checked` is `preflight(config)` when the caller already ran it."""
     config = apply_init_from(config)  # the checkpoint's model fields, before anything is checked or loaded
     checked = checked or preflight(config)  # paths, options, run dir, resume compatibility: before any model
-    from accelerate import Accelerator
     from transformers import get_scheduler
 
     on_cuda = torch.cuda.is_available()
@@ -95,19 +119,21 @@ def train(config: TrainConfig, checked: Preflight | None = None) -> Path:
     compute_dtype = resolve_dtype(config.dtype)
     plan = plan_setup(mode, compute_dtype)
     ga_steps = checked.gradient_accumulation_steps
-    accelerator = Accelerator(
-        cpu=not on_cuda,
+    enable_tf32(config.tf32, on_cuda)
+    accelerator = create_accelerator(
+        plan,
         mixed_precision="bf16" if on_cuda and compute_dtype == torch.bfloat16 else "no",
         gradient_accumulation_steps=ga_steps,
         log_with=config.report_to or None,
         project_dir=config.output_dir,
     )
     rank, world = accelerator.process_index, accelerator.num_processes
-    sharded = plan.engine in ("deepspeed", "fsdp")  # optimizer (and maybe weights) live in shards across ranks
+    sharded = plan.shards_state  # optimizer (and maybe weights) live in shards across ranks
     if plan.engine == "deepspeed":
         ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
         ds_config["train_micro_batch_size_per_gpu"] = config.micro_batch_size
         ds_config["gradient_accumulation_steps"] = ga_steps
+        ds_config["gradient_clipping"] = config.max_grad_norm if config.max_grad_norm and config.max_grad_norm > 0 else 0.0
     run_dir = Path(config.output_dir)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -141,9 +167,7 @@ def train(config: TrainConfig, checked: Preflight | None = None) -> Path:
         quant_storage=plan.quant_storage,
     )
     model.config.extra.update({"stage": config.stage, "mode": mode})
-    for p in model.parameters():  # trainable weights in fp32; bf16 compute comes from autocast on CUDA
-        if p.requires_grad and p.dtype != torch.float32:
-            p.data = p.data.float()
+    keep_trainable_precision(model, keep_llm_dtype=plan.llm_stays_in_compute_dtype(mode))
     model.train()  # a frozen tower stays in eval mode by itself (VisionTower.train)
 
     data = build_train_data(config, processor, rank=rank, world_size=world, grad_accum=ga_steps)
@@ -161,6 +185,10 @@ def train(config: TrainConfig, checked: Preflight | None = None) -> Path:
         saved = load_resume_state(checkpoint, rank=rank, model=model, optimizer=optimizer, scheduler=scheduler)
     wrapped, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(wrapped)
+    fsdp_units = count_fsdp_units(unwrapped) if plan.engine == "fsdp" else None
+    if fsdp_units and rank == 0:
+        logger.info("FSDP units: %s", ", ".join(f"{n} x {k}" for k, n in fsdp_units.items()))
+    placeholder = _placeholder_batch(processor.tokenizer)
     if checkpoint is not None and sharded:  # engine-specific sharded state, restored by accelerate
         accelerator.load_state(str(checkpoint / SHARDED_STATE_DIR))
         load_scheduler_state(checkpoint, scheduler)
@@ -177,11 +205,17 @@ def train(config: TrainConfig, checked: Preflight | None = None) -> Path:
     if config.report_to:
         accelerator.init_trackers(run_dir.name, config={k: v for k, v in config.to_dict().items() if v is not None and not isinstance(v, list)})
 
-    def save_checkpoint(step: int) -> Path:
+    def save_checkpoint(step: int, whole: dict | None = None) -> Path:
         state["skipped"] = data.merged_skips(accelerator).to_dict()
         consumed = state["micro_batches_in_epoch"] * config.micro_batch_size
         trainer_state = {**state, "run": record, "sampler": data.sampler.state_dict(consumed=consumed)}
-        return writer.save(step, save_model=lambda d: save_pretrained(unwrapped, processor, d), model=unwrapped,
+        whole = gather_whole_weights(accelerator, plan, wrapped, unwrapped) if whole is None else whole
+
+        def save_model(directory):
+            with whole_tensors(unwrapped, whole):
+                save_pretrained(unwrapped, processor, directory)
+
+        return writer.save(step, save_model=save_model, model=unwrapped,
                            optimizer=optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
                            scheduler=scheduler, trainer_state=trainer_state,
                            save_sharded=(lambda d: accelerator.save_state(str(d / SHARDED_STATE_DIR))) if sharded else None)
@@ -200,8 +234,8 @@ def train(config: TrainConfig, checked: Preflight | None = None) -> Path:
                 epoch_done = True
             if not window:
                 break
-            stats = _optimizer_step(accelerator, wrapped, unwrapped, optimizer, scheduler, window, config, state["step"], data,
-                                    guard)
+            stats = _optimizer_step(accelerator, wrapped, unwrapped, optimizer, scheduler, window, config, state["step"],
+                                    data, placeholder, guard)
             state["nonfinite_grad_steps"] = guard.skipped
             state["step"] += 1
             state["micro_batches_in_epoch"] += len(window)
@@ -213,60 +247,74 @@ def train(config: TrainConfig, checked: Preflight | None = None) -> Path:
             state["epoch"] += 1
             state["micro_batches_in_epoch"] = 0
 
+    whole = gather_whole_weights(accelerator, plan, wrapped, unwrapped)  # collective; None when ranks hold whole weights
     if last_saved is None or not last_saved.name.endswith(f"-{state['step']}"):
-        last_saved = save_checkpoint(state["step"])
+        last_saved = save_checkpoint(state["step"], whole)
     skips = data.merged_skips(accelerator)
-    replicas = _check_replicas_agree(accelerator, unwrapped)
+    with whole_tensors(unwrapped, whole):
+        replicas = _trainable_digest(accelerator, unwrapped, compare=not plan.shards_parameters)
+        if accelerator.is_main_process:
+            publish_model(run_dir, lambda d: save_pretrained(unwrapped, processor, d, extra={"train_steps": state["step"]}))
     if accelerator.is_main_process:
-        publish_model(run_dir, lambda d: save_pretrained(unwrapped, processor, d, extra={"train_steps": state["step"]}))
         summary = {
             "stage": config.stage, "mode": mode, "steps": state["step"], "epochs_started": state["epoch"] + 1,
             "tokens_seen": state["tokens_seen"], "wall_time_s": round(time.time() - started, 2),
             "final_loss": progress.last_loss, "skipped": skips.counts, "world_size": world,
             "gradient_accumulation_steps": ga_steps, "checkpoint": str(last_saved), "model_dir": str(run_dir),
             "trainable_sha256": replicas, "nonfinite_grad_steps_skipped": state["nonfinite_grad_steps"],
+            "engine": plan.engine, "loss_reduction": config.loss_reduction,
         }
+        if fsdp_units:
+            summary["fsdp_units"] = fsdp_units
         write_text_atomic(run_dir / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
         progress.summary(summary, skips.summary(len(data.dataset)))
     accelerator.end_training()
     return run_dir
 
 
+def _label_count(batch) -> int:
+    return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+
+
+def loss_weights(reduction: str, label_counts: list[int], total_labels: float, total_micro_batches: float) -> list[float]:
+    """Each micro-batch's weight on its mean loss so that the gradient is the chosen mean over the global batch.
+
+    token: one token-weighted mean over every label of the global batch (exact under accumulation and any
+    split across ranks). per_device: what HF Trainer computes under LLaVA's settings, the mean of per-micro-batch
+    means over devices and accumulation steps (micro-batches without labels are left out of the mean). The
+    caller multiplies by world size × accumulation steps, which DDP averaging and accelerate's division undo.
+    """
+    if reduction == "token":
+        return [n / total_labels if total_labels else 0.0 for n in label_counts]
+    return [1.0 / total_micro_batches if n and total_micro_batches else 0.0 for n in label_counts]
+
+
 def _optimizer_step(accelerator, wrapped, unwrapped, optimizer, scheduler, window, config, step, data,
-                    guard: NonFiniteGradGuard) -> StepStats:
-    counts = torch.tensor([float((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in window]).sum().to(accelerator.device)
-    total_labels = accelerator.reduce(counts, reduction="sum").item()
-    world = accelerator.num_processes
-    loss_sum, tokens = 0.0, 0
+                    placeholder, guard: NonFiniteGradGuard) -> StepStats:
+    world, ga = accelerator.num_processes, accelerator.gradient_accumulation_steps
+    counts = [_label_count(b) for b in window]
+    mine = torch.tensor([float(sum(counts)), float(sum(1 for n in counts if n))], device=accelerator.device)
+    total_labels, total_micro = accelerator.reduce(mine, reduction="sum").tolist()
+    weights = loss_weights(config.loss_reduction, counts, total_labels, total_micro)
+    # `accumulate` syncs gradients (DDP all-reduce, FSDP reduce-scatter, the DeepSpeed engine's step) when its
+    # counter reaches a multiple of the accumulation steps: start it so that happens on this window's last
+    # micro-batch, also for the short window at an epoch's end.
+    accelerator.step = ga - len(window)
+    objective, tokens = 0.0, 0
     for i, batch in enumerate(window):
         data.skip_report.add(batch.get("skipped", []))
-        sync = i == len(window) - 1
-        context = accelerator.no_sync(wrapped) if not sync else contextlib.nullcontext()
-        with context:
-            if batch["input_ids"].shape[0] == 0:
-                loss = _zero_loss(unwrapped)
-                micro_loss = 0.0
-            else:
-                with accelerator.autocast():
-                    out = wrapped(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                  pixel_values=batch.get("pixel_values"), labels=batch["labels"])
-                bad = torch.tensor(0.0 if torch.isfinite(out.loss).item() else 1.0, device=accelerator.device)
-                if accelerator.reduce(bad, reduction="sum").item() > 0:
-                    mine = not torch.isfinite(out.loss).item()
-                    raise NonFiniteLossError(
-                        f"non-finite loss at optimizer step {step + 1}, micro-batch {i}"
-                        + (f": loss={out.loss.item()} on samples {batch.get('sample_ids')}" if mine else
-                           " on another rank (see its log for the sample ids)")
-                    )
-                # token-weighted mean over the whole global batch, exact under accumulation and DDP averaging;
-                # accelerate's backward divides by the accumulation steps, which the factor `ga` undoes
-                ga = accelerator.gradient_accumulation_steps
-                weight = out.num_label_tokens / total_labels * world * ga if total_labels else 0.0
-                loss = out.loss * weight
-                micro_loss = out.loss.item() * out.num_label_tokens
-                tokens += int(batch["attention_mask"].sum())
-            accelerator.backward(loss)
-            loss_sum += micro_loss
+        empty = batch["input_ids"].shape[0] == 0  # every sample of this micro-batch was skipped
+        inputs = placeholder if empty else batch
+        with accelerator.accumulate(wrapped):
+            with accelerator.autocast():
+                out = wrapped(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                              pixel_values=inputs.get("pixel_values"), labels=inputs["labels"])
+            _stop_if_not_finite(accelerator, out.loss, step, i, batch)
+            accelerator.backward(out.loss * (weights[i] * world * ga))
+        if not empty:
+            share = counts[i] if config.loss_reduction == "token" else (1.0 if counts[i] else 0.0)
+            objective += out.loss.item() * share
+            tokens += int(batch["attention_mask"].sum())
     # the norm is needed even without clipping (max_grad_norm 0 clips at inf): a non-finite one skips the update
     clip_at = config.max_grad_norm if config.max_grad_norm and config.max_grad_norm > 0 else math.inf
     norm = accelerator.clip_grad_norm_([p for p in unwrapped.parameters() if p.requires_grad], clip_at)
@@ -275,8 +323,9 @@ def _optimizer_step(accelerator, wrapped, unwrapped, optimizer, scheduler, windo
         optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    reduced = accelerator.reduce(torch.tensor([loss_sum, float(tokens)], device=accelerator.device), reduction="sum")
-    mean_loss = reduced[0].item() / total_labels if total_labels else float("nan")
+    reduced = accelerator.reduce(torch.tensor([objective, float(tokens)], device=accelerator.device), reduction="sum")
+    denominator = total_labels if config.loss_reduction == "token" else total_micro
+    mean_loss = reduced[0].item() / denominator if denominator else float("nan")
     return StepStats(loss=mean_loss, tokens=int(reduced[1].item()), grad_norm=grad_norm)
 
 
@@ -303,17 +352,34 @@ def _restore_progress(state: dict, saved: dict, record: dict, data, config: Trai
                                       "settings, or pass --resume_ignore_mismatch to continue anyway") from exc
 
 
-def _check_replicas_agree(accelerator, model) -> str:
-    """Hash the trainable weights on every rank; data-parallel replicas that drifted apart are an error."""
+def _stop_if_not_finite(accelerator, loss, step: int, micro_batch: int, batch) -> None:
+    """Every rank makes this reduction for every micro-batch, so all ranks stop together on a NaN/inf loss."""
+    bad = torch.tensor(0.0 if torch.isfinite(loss).item() else 1.0, device=accelerator.device)
+    if accelerator.reduce(bad, reduction="sum").item() > 0:
+        mine = not torch.isfinite(loss).item()
+        raise NonFiniteLossError(
+            f"non-finite loss at optimizer step {step + 1}, micro-batch {micro_batch}"
+            + (f": loss={loss.item()} on samples {batch.get('sample_ids')}" if mine else
+               " on another rank (see its log for the sample ids)")
+        )
+
+
+def _trainable_digest(accelerator, model, *, compare: bool) -> str:
+    """sha256 of the trainable weights; with `compare`, data-parallel replicas that drifted apart are an error.
+
+    Under FSDP / ZeRO-3 there is one (sharded) copy: rank 0 hashes the gathered whole weights and nothing is compared.
+    """
     import hashlib
 
+    if not compare and not accelerator.is_main_process:
+        return ""  # only rank 0 holds the gathered whole weights
     digest = hashlib.sha256()
     for name, p in model.named_parameters():
         if p.requires_grad:
             digest.update(name.encode())
             digest.update(p.detach().float().cpu().numpy().tobytes())
     mine = digest.hexdigest()
-    if accelerator.num_processes > 1:
+    if compare and accelerator.num_processes > 1:
         from accelerate.utils import gather_object
 
         digests = gather_object([mine])
