@@ -8,7 +8,6 @@ import torch
 from safetensors.torch import load_file
 
 from mllm.train.config import TrainConfig, build_parser, resolve_config
-from mllm.train.distributed import UnsupportedSetupError, plan_setup
 
 
 def _projector(run_dir):
@@ -92,14 +91,3 @@ def test_unknown_preset_field_is_named(tmp_path):
     bad.write_text("learning_rat: 0.1\n")
     with pytest.raises(ValueError, match="learning_rat"):
         resolve_config("finetune", build_parser("x", "y").parse_args(["--config", str(bad)]), "finetune")
-
-
-def test_unsupported_setups_refused_up_front():
-    with pytest.raises(UnsupportedSetupError, match="ZeRO-3"):
-        plan_setup("qlora", torch.bfloat16, engine="deepspeed", zero_stage=3)
-    assert plan_setup("lora", torch.bfloat16, engine="deepspeed", zero_stage=3).quantization is None
-    if not torch.cuda.is_available():
-        with pytest.raises(UnsupportedSetupError, match="needs CUDA"):
-            plan_setup("qlora", torch.bfloat16, engine="fsdp")
-    plan = plan_setup("qlora", torch.float32, engine="none")
-    assert plan.quantization == "4bit" and plan.quant_storage is None
