@@ -391,9 +391,13 @@ def _trainable_digest(accelerator, model, *, compare: bool) -> str:
 
 def _log_to_file(path: Path) -> None:
     """Everything the package logs (progress records, skips, summary) also goes to the run's train.log."""
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     package_logger = logging.getLogger("mllm")
+    for old in [h for h in package_logger.handlers if getattr(h, "_llm2clip_run_log", False)]:
+        package_logger.removeHandler(old)  # an earlier run in this process: its train.log gets no more lines
+        old.close()
+    handler = logging.FileHandler(path)
+    handler._llm2clip_run_log = True
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     package_logger.addHandler(handler)
     if package_logger.getEffectiveLevel() > logging.INFO:
         package_logger.setLevel(logging.INFO)

@@ -91,3 +91,22 @@ def test_unknown_preset_field_is_named(tmp_path):
     bad.write_text("learning_rat: 0.1\n")
     with pytest.raises(ValueError, match="learning_rat"):
         resolve_config("finetune", build_parser("x", "y").parse_args(["--config", str(bad)]), "finetune")
+
+
+def test_a_second_run_in_one_process_does_not_write_into_the_first_runs_log(tmp_path):
+    """Two train() calls in one process (the paper recipe runs both towers' stages in-process): each run's
+    train.log holds its own lines only."""
+    import logging
+
+    from mllm.train.trainer import _log_to_file
+
+    first, second = tmp_path / "a.log", tmp_path / "b.log"
+    log = logging.getLogger("mllm.train.example")
+    _log_to_file(first)
+    log.info("line of run one")
+    _log_to_file(second)
+    log.info("line of run two")
+    for handler in [h for h in logging.getLogger("mllm").handlers if getattr(h, "_llm2clip_run_log", False)]:
+        handler.flush()
+    assert "run one" in first.read_text() and "run two" not in first.read_text()
+    assert "run two" in second.read_text() and "run one" not in second.read_text()
