@@ -13,16 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import UserError
+from .engine import ENGINES, UnsupportedSetupError, detect_engine, refuse_unsupported  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
-
-ENGINES = ("none", "ddp", "deepspeed", "fsdp")
-
-
-class UnsupportedSetupError(UserError, ValueError):
-    """A training mode that cannot work with the chosen distributed engine; the message says what to use."""
-
 
 @dataclass
 class SetupPlan:
@@ -48,18 +41,6 @@ class SetupPlan:
         return mode == "full" and self.on_cuda
 
 
-def detect_engine() -> tuple[str, int | None]:
-    """Read what `accelerate launch` put in the environment (before the Accelerator exists)."""
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
-        stage = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
-        return "deepspeed", int(stage) if stage and stage.isdigit() else None
-    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
-        return "fsdp", None
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        return "ddp", None
-    return "none", None
-
-
 def plan_setup(mode: str, compute_dtype: torch.dtype, engine: str | None = None, zero_stage: int | None = None, *,
                on_cuda: bool | None = None, local_rank: int | None = None) -> SetupPlan:
     """Check `mode` against the engine and decide how the LLM is loaded; raises before anything is loaded."""
@@ -68,12 +49,7 @@ def plan_setup(mode: str, compute_dtype: torch.dtype, engine: str | None = None,
     on_cuda = torch.cuda.is_available() if on_cuda is None else on_cuda
     local_rank = int(os.environ.get("LOCAL_RANK", "0")) if local_rank is None else local_rank
     quantization = "4bit" if mode == "qlora" else None
-    if quantization and engine == "deepspeed" and zero_stage == 3:
-        raise UnsupportedSetupError(
-            "QLoRA (4-bit LLM) cannot be sharded by DeepSpeed ZeRO-3 (bitsandbytes weights are not ZeRO-3 "
-            "partitionable): use ZeRO-2 (mllm/accelerate_configs/deepspeed_zero2.yaml) or FSDP (fsdp_qlora.yaml), "
-            "or --mode lora/full with ZeRO-3"
-        )
+    refuse_unsupported(mode, engine, zero_stage)
     quant_storage = compute_dtype if quantization and engine == "fsdp" else None
     # Every rank loads its LLM straight onto its own GPU (never the whole model on its CPU first), except where the
     # engine places weights itself: FSDP (rank 0 loads, accelerate shards) and ZeRO-3 (partitioned at load).

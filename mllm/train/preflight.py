@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
+from .engine import detect_engine, refuse_unsupported
 from .init_from import apply_init_from
 from .run_record import check_resume, data_fingerprint, run_record
 from .rundir import (
@@ -118,6 +119,8 @@ def check_options(config) -> None:
     _require(config.lr_scheduler in SCHEDULERS,
              f"--lr_scheduler {config.lr_scheduler!r} is not one of {', '.join(SCHEDULERS)}")
     check_trackers(config.report_to)
+    if config.mode == "qlora":  # "auto" becomes qlora only on CUDA: plan_setup refuses that case after torch loads
+        refuse_unsupported(config.mode, *detect_engine())
 
 
 def check_trackers(report_to: list[str]) -> None:

@@ -15,6 +15,7 @@ import torch
 from mllm.constants import IGNORE_INDEX
 from mllm.data import SkipReport
 from mllm.llm import base_causal_lm
+from mllm.train.nonfinite import NonFiniteGradGuard
 from mllm.train.trainer import _optimizer_step, _placeholder_batch
 
 
@@ -79,7 +80,7 @@ def _run(accelerator, model, processor, window, reduction):
     config = SimpleNamespace(loss_reduction=reduction, max_grad_norm=0.0)
     data = SimpleNamespace(skip_report=SkipReport())
     stats = _optimizer_step(accelerator, model, model, optimizer, scheduler, window, config, 0, data,
-                            _placeholder_batch(processor.tokenizer))
+                            _placeholder_batch(processor.tokenizer), NonFiniteGradGuard(limit=0))
     return optimizer.grads, stats
 
 
