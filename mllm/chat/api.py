@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import threading
 from pathlib import Path
 
@@ -22,10 +23,12 @@ from ..llm import base_causal_lm, stop_token_ids
 from ..modeling import ImageCountError
 from ..paths import resolve_model_dir
 from ..serialization import external_references
+from .context import ContextFit, default_max_new_tokens, fit_conversation
 from .streaming import TextStream
 
 IMAGE_MODES = ("pad", "crop", "resize")
 _SETTING_NAMES = {f.name for f in dataclasses.fields(GenerationSettings)}
+logger = logging.getLogger(__name__)
 
 
 def load(model: str | Path | None = None, **kwargs) -> "ChatModel":
@@ -41,7 +44,8 @@ class ChatModel:
         self.model = model
         self.processor = processor
         self.source = Path(source) if source is not None else None
-        self.default_settings = settings or GenerationSettings(max_new_tokens=512, temperature=0.0)
+        self.default_settings = settings or GenerationSettings(
+            max_new_tokens=default_max_new_tokens(processor.model_max_length), temperature=0.0)
         self._stop_ids = stop_token_ids(processor.tokenizer, model.llm)
         self._processors = {processor.image_processor.mode: processor}
         self._lock = threading.Lock()
@@ -92,6 +96,11 @@ class ChatModel:
                 variant.image_processor = self.processor.image_processor.with_mode(mode)
                 self._processors[mode] = variant
             return self._processors[mode]
+
+    def prepared_views(self, image) -> dict:
+        """{mode: the image exactly as the tower receives it in that mode} (RGB, image_size square). A chat can
+        keep these instead of a large original: each view goes through its mode's preprocessing unchanged."""
+        return {mode: self.processor_for(mode).image_processor.prepare_image(image) for mode in IMAGE_MODES}
 
     def info(self) -> dict:
         """What is loaded, for headers and logs: model, LLM, tower, quantisation as loaded, template, ..."""
@@ -196,6 +205,17 @@ class ChatModel:
         return len(encode(turns, proc.template, proc.tokenizer, image_token_id=proc.image_token_id,
                           num_image_tokens=proc.num_image_tokens, max_length=None, add_generation_prompt=True).input_ids)
 
+    def fit(self, messages, images=None, settings: GenerationSettings | None = None, **overrides) -> ContextFit:
+        """How `messages` meet the context window (`mllm.chat.context`): the turns that are sent (the oldest
+        history trimmed only when the prompt leaves too little room for an answer; the image always stays) and
+        the answer's token budget, min(max_new_tokens, room left). Images are not read."""
+        settings = self.settings(settings, **overrides)
+        turns, _ = self._normalize(messages, images, check=False)
+        return self._fit(turns, settings.max_new_tokens)
+
+    def _fit(self, turns: list[dict], max_new_tokens: int) -> ContextFit:
+        return fit_conversation(turns, self.prompt_length, self.processor.model_max_length, max_new_tokens)
+
     # ------------------------------------------------------------------ chat
     def chat(self, messages, images=None, *, stream: bool = False, settings: GenerationSettings | None = None,
              image_mode: str | None = None, stop_event: threading.Event | None = None, **overrides):
@@ -206,9 +226,18 @@ class ChatModel:
         (`max_new_tokens`, `temperature` (0 = greedy), `top_p`, `top_k`, `repetition_penalty`); `image_mode`
         (pad/crop/resize) overrides the preprocessing the model was trained with. Bad input (an unreadable
         image, a marker without an image, a history that breaks the template) raises here, before generating.
+
+        The conversation is fitted to the context window first (`fit`): the answer gets min(max_new_tokens,
+        room left) tokens, and the oldest history is left out (with a logged warning) only when the prompt
+        leaves too little room; a stream's `.fit` says what was sent.
         """
         settings = self.settings(settings, **overrides)
         turns, pil_images = self.prepare(messages, images)
+        fit = self._fit(turns, settings.max_new_tokens)
+        if fit.dropped:
+            logger.warning("the conversation outgrew the context window (%s tokens): the %d oldest exchange(s) "
+                           "are left out", fit.context_length, fit.dropped)
+        turns, settings = fit.turns, dataclasses.replace(settings, max_new_tokens=fit.max_new_tokens)
         processor = self.processor_for(image_mode)
         if not stream:
             ids = generate_ids(self.model, processor, [turns], [pil_images], settings)
@@ -218,8 +247,10 @@ class ChatModel:
         def run(streamer):
             generate_ids(self.model, processor, [turns], [pil_images], settings, streamer=streamer)
 
-        return TextStream(run, processor.tokenizer, max_new_tokens=settings.max_new_tokens,
-                          stop_token_ids=self._stop_ids, stop_event=stop_event)
+        stream_ = TextStream(run, processor.tokenizer, max_new_tokens=settings.max_new_tokens,
+                             stop_token_ids=self._stop_ids, stop_event=stop_event)
+        stream_.fit = fit
+        return stream_
 
 
 def add_model_loading_args(parser) -> None:
@@ -234,11 +265,14 @@ def add_model_loading_args(parser) -> None:
                              "(7B: ~13.5 GB instead of ~4 GB), faster batched generation")
 
 
-def check_for_command(args, **settings) -> tuple[Path, GenerationSettings]:
+def check_for_command(args, **settings) -> tuple[Path, dict]:
     """What `chat` and `demo` check before loading anything: the generation flags, the device, and the
-    checkpoint (its manifest and every part it lists). Raises a `UserError` (one line, exit 2)."""
+    checkpoint (its manifest and every part it lists). Raises a `UserError` (one line, exit 2). Returns the
+    checkpoint directory and the settings given (None values dropped: the model's defaults apply, e.g.
+    max_new_tokens derived from its context window)."""
     from .. import checks
 
+    settings = {name: value for name, value in settings.items() if value is not None}
     try:
         generation = GenerationSettings(**settings)
         generation.kwargs()
@@ -248,7 +282,7 @@ def check_for_command(args, **settings) -> tuple[Path, GenerationSettings]:
         raise checks.OptionError(str(exc)) from exc
     checks.device(args.device)
     directory, _ = checks.checkpoint(args.model)
-    return directory, generation
+    return directory, settings
 
 
 def load_for_command(prog: str, args, **settings) -> tuple["ChatModel | None", int]:
@@ -260,17 +294,18 @@ def load_for_command(prog: str, args, **settings) -> tuple["ChatModel | None", i
 
     from ..errors import user_error_types
 
-    directory, generation = check_for_command(args, **settings)
+    directory, settings = check_for_command(args, **settings)
     try:
-        return ChatModel.from_pretrained(directory, quantization=args.quantization, dtype=args.dtype,
-                                         device=args.device, merge_on_load=getattr(args, "merge_on_load", False),
-                                         settings=generation), 0
+        bot = ChatModel.from_pretrained(directory, quantization=args.quantization, dtype=args.dtype,
+                                        device=args.device, merge_on_load=getattr(args, "merge_on_load", False))
     except user_error_types():
         raise
     except Exception as exc:  # e.g. unreadable weights
         print(f"{prog}: error: cannot load the model: {type(exc).__name__}: {' '.join(str(exc).split())}",
               file=sys.stderr)
         return None, 1
+    bot.default_settings = bot.settings(**settings)
+    return bot, 0
 
 
 def _join_parts(parts, embedded: list, turn: int) -> str:

@@ -19,6 +19,8 @@ COMMANDS_HELP = """commands:
   /noimage           continue without an image (starts a new conversation)
   /reset             forget the conversation, keep the image
   /mode MODE         image preprocessing: pad, crop or resize
+  /save PATH         save the conversation as LLaVA JSON (PATH.json; PATH.zip bundles the image)
+  /load PATH         continue a saved conversation (.json or .zip)
   /set NAME VALUE    generation setting: temperature (0 = greedy), top_p, top_k, max_new_tokens, repetition_penalty
   /settings          show the current settings
   /help              this text
@@ -37,11 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--question", "-q", action="append", default=[],
                         help="ask this and exit (repeat for a multi-turn script); questions piped on stdin work too")
     parser.add_argument("--system", help="system prompt (default: the template's own)")
+    parser.add_argument("--load", metavar="PATH", help="continue a conversation saved by /save (.json or .zip)")
     parser.add_argument("--mode", choices=IMAGE_MODES, help="image preprocessing (default: as trained)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     parser.add_argument("--top-p", type=float, default=None)
     parser.add_argument("--top-k", type=int, default=None)
-    parser.add_argument("--max-new-tokens", type=int, default=512)
+    parser.add_argument("--max-new-tokens", type=int, default=None,
+                        help="longest answer (default: a quarter of the model's context window, 512 for 2048); "
+                             "an answer never gets more than the room the conversation leaves in the window")
     parser.add_argument("--repetition-penalty", type=float, default=None)
     parser.add_argument("--no-stream", action="store_true", help="print each answer when it is complete")
     add_model_loading_args(parser)
@@ -63,9 +68,11 @@ class TerminalChat:
         print(text, file=self.err, flush=True)
 
     def _notes_since(self, start: int) -> None:
-        for item in self.session.items[start:]:
-            if isinstance(item, Note):
-                self.say(("error: " if item.kind == "error" else "") + item.text)
+        self._print_notes(item for item in self.session.items[start:] if isinstance(item, Note))
+
+    def _print_notes(self, notes) -> None:
+        for note in notes:
+            self.say(("error: " if note.kind == "error" else "") + note.text)
 
     # ------------------------------------------------------------------ actions
     def load_image(self, path: str | None) -> bool:
@@ -77,7 +84,7 @@ class TerminalChat:
                 self.session.set_image(None, "", "")
             else:
                 image, key = open_image(path)
-                self.session.set_image(image, path, key)
+                self.session.set_image(image, path, key, source=path)
         except ImageLoadError as exc:
             self.say("error: " + explain(exc, path))
             return False
@@ -94,16 +101,19 @@ class TerminalChat:
             return
         start = len(self.session.items)
         pieces = run_turn(self.bot, self.session, self.settings, self.mode)
-        if self.stream:
-            print(self.answer_prefix, end="", file=self.out, flush=True)
+        started = False
         try:
             for piece in pieces:
+                if not started:  # notes about this turn (a trimmed history) come before its answer
+                    started = self._start_answer(exchange)
                 if self.stream:
                     print(piece, end="", file=self.out, flush=True)
         except KeyboardInterrupt:
             self.session.request_stop()
             for _ in pieces:  # drain: the worker ends after the current token
                 pass
+        if not started:
+            self._start_answer(exchange)
         if self.stream:
             print(file=self.out, flush=True)
         else:
@@ -136,12 +146,58 @@ class TerminalChat:
             else:
                 self.mode = arg
                 self.say(f"Image preprocessing: {arg} (the model was trained with {self.bot.trained_image_mode}).")
+        elif name in ("save", "load"):
+            if not arg:
+                self.say(f"usage: /{name} PATH (.json or .zip)")
+            else:
+                (self.save if name == "save" else self.load)(arg)
         elif name == "set":
             self._set(arg)
         elif name == "settings":
             self.say(self.describe_settings())
         else:
             self.say(f"unknown command /{name}; /help lists the commands")
+        return True
+
+    def _start_answer(self, exchange) -> bool:
+        self._print_notes(exchange.notes)
+        if self.stream:
+            print(self.answer_prefix, end="", file=self.out, flush=True)
+        return True
+
+    def save(self, path: str) -> bool:
+        from .conversation_file import ConversationFileError, save_conversation
+
+        try:
+            written = save_conversation(self.session, path)
+        except (ConversationFileError, OSError) as exc:
+            self.say(f"error: {exc}")
+            return False
+        self.say(f"Saved the conversation to {written}.")
+        return True
+
+    def load(self, path: str) -> bool:
+        """Continue the conversation saved in `path`; its image is read like `/image`'s."""
+        from .conversation_file import ConversationFileError, read_conversation
+        from .images import ImageLoadError, explain, open_image
+        from .session import ImageRef
+
+        start = len(self.session.items)
+        try:
+            saved = read_conversation(path)
+            image = None
+            if saved.image_source is not None:
+                pixels, key = open_image(saved.image_source)
+                source = str(saved.image_path) if saved.image_path is not None else None
+                image = ImageRef(pixels, source or saved.image_name, key, source=source)
+            self.session.restore(saved.exchanges, image, saved.system, label=path)
+        except ConversationFileError as exc:
+            self.say(f"error: {exc}")
+            return False
+        except ImageLoadError as exc:
+            self.say("error: " + explain(exc, saved.image_name))
+            return False
+        self._notes_since(start)
         return True
 
     def _set(self, arg: str) -> None:
@@ -215,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     chat = TerminalChat(bot, session, settings, args.mode, stream=not args.no_stream)
     chat.say(banner(bot.info()))
     if args.image and not chat.load_image(args.image):
+        return 1
+    if args.load and not chat.load(args.load):
         return 1
     if args.question:
         chat.run(args.question)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from pathlib import Path
+
+from PIL import Image
 
 from vision_tower import ImageLoadError, load_image
 from vision_tower.image_io import DEFAULT_MAX_PIXELS
@@ -24,19 +27,37 @@ def check_image(path: str | os.PathLike) -> None:
         raise UnusableImageError(explain(exc, str(path))) from exc
 
 
-def content_key(path: str | os.PathLike) -> str:
+def content_key(source: str | os.PathLike | bytes) -> str:
     """SHA-1 of the file's bytes: the same picture uploaded twice is the same image."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return hashlib.sha1(source).hexdigest()
     digest = hashlib.sha1()
-    with open(path, "rb") as fh:
+    with open(source, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
 
 
-def open_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS):
-    """(RGB PIL image, content key) of the file at `path`; raises `ImageLoadError` (see `explain`)."""
-    image = load_image(path, max_pixels=max_pixels)
-    return image, content_key(path)
+def open_image(source: str | os.PathLike | bytes, max_pixels: int = DEFAULT_MAX_PIXELS):
+    """(RGB PIL image, content key) of a file path or its bytes; raises `ImageLoadError` (see `explain`).
+    Images over `max_pixels` are refused before they are decoded."""
+    return load_image(source, max_pixels=max_pixels), content_key(source)
+
+
+def shrink(image: Image.Image, max_side: int) -> Image.Image:
+    """A copy whose longer side is at most `max_side` (antialiased bicubic; smaller images are returned as
+    they are): what a chat shows, or saves, in place of a large original."""
+    width, height = image.size
+    scale = max_side / max(width, height)
+    if scale >= 1.0:
+        return image
+    return image.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.Resampling.BICUBIC)
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def explain(error: ImageLoadError, name: str | None = None) -> str:
@@ -57,4 +78,5 @@ def explain(error: ImageLoadError, name: str | None = None) -> str:
     return f"Cannot use {name}: the image could not be decoded, the file looks corrupt or truncated{detail}."
 
 
-__all__ = ["ImageLoadError", "UnusableImageError", "check_image", "content_key", "explain", "open_image"]
+__all__ = ["ImageLoadError", "UnusableImageError", "check_image", "content_key", "explain", "open_image", "png_bytes",
+           "shrink"]

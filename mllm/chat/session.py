@@ -7,13 +7,14 @@ Pure Python (no torch, no gradio), shared by the terminal chat and the demo, so 
 - The transcript (what the reader sees) and the context (what the model sees) differ in three ways: notices
   and errors are never sent to the model, exchanges that failed or produced nothing are left out (the
   template refuses empty turns), and when the prompt outgrows the context window the oldest exchanges are
-  dropped from the context (`trim_oldest`) with a notice.
+  dropped from the context (`trim`, decided by `mllm.chat.context`) with a notice on the turn it concerns.
 - Exactly one answer is generated at a time; `request_stop` works before the generation starts too (the
   demo queues generations), because every submission gets a fresh stop event.
 """
 from __future__ import annotations
 
 import threading
+import uuid
 from dataclasses import dataclass, field
 
 from ..constants import IMAGE_TOKEN
@@ -34,6 +35,7 @@ class Exchange:
     answer: str = ""
     finish: str | None = None  # None while pending; one of FINISH_REASONS afterwards
     context: int = 0  # which context (image) it belongs to
+    notes: list = field(default_factory=list)  # Notes about how this turn was answered, shown before the answer
 
     @property
     def pending(self) -> bool:
@@ -57,14 +59,29 @@ class Note:
 class ImageRef:
     """The image of a context: the decoded picture plus what identifies it to the reader and to us."""
 
-    image: object  # PIL.Image.Image
+    image: object  # PIL.Image.Image (None when `views` stand in for it, or once another image replaced it)
     name: str
     key: str  # content hash: the same upload twice is the same image
-    display: str | None = None  # a file path the transcript may show (the demo's uploaded copy)
+    display: str | None = None  # a file path the transcript may show (the demo's copy of an upload)
+    source: str | None = None  # the file it was read from, when it is the user's own (the terminal's path)
+    views: dict | None = None  # {preprocessing mode: the image as the tower receives it}, kept instead of a
+    size: tuple[int, int] | None = None  # large original (the demo); `size` is the original's
+
+    def __post_init__(self):
+        if self.size is None:
+            self.size = tuple(self.image.size)
+
+    def for_mode(self, mode: str | None = None):
+        """What the model is given for preprocessing `mode`: its prepared view when there are views."""
+        if self.views:
+            if mode not in self.views:
+                raise ValueError(f"no view of {self.name} for preprocessing {mode!r}; have {sorted(self.views)}")
+            return self.views[mode]
+        return self.image
 
     @property
     def size_text(self) -> str:
-        width, height = self.image.size
+        width, height = self.size
         return f"{width}×{height}"
 
 
@@ -79,6 +96,7 @@ class ChatSession:
     context_start: int = 0  # first exchange of the current context still sent to the model (after trimming)
     stop_event: threading.Event = field(default_factory=threading.Event)
     finished: int = 0  # answers finished (any way) since the session began: a progress counter for UIs
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)  # names saved conversations and per-session files
 
     # ------------------------------------------------------------------ queries
     @property
@@ -99,8 +117,9 @@ class ChatSession:
     def busy(self) -> bool:
         return self.pending is not None
 
-    def conversation(self) -> tuple[list[dict], list]:
-        """(LLaVA-JSON messages, images) for the pending question: usable history, then the open question."""
+    def conversation(self, image_mode: str | None = None) -> tuple[list[dict], list]:
+        """(LLaVA-JSON messages, images) for the pending question: usable history, then the open question.
+        `image_mode` picks the image's prepared view when it has views (see `ImageRef`)."""
         pending = self.pending
         if pending is None:
             raise ChatStateError("no question is waiting for an answer")
@@ -113,7 +132,7 @@ class ChatSession:
         if self.image is not None:
             first = 1 if self.system else 0
             messages[first] = {"from": "human", "value": f"{IMAGE_TOKEN}\n{messages[first]['value']}"}
-            images.append(self.image.image)
+            images.append(self.image.for_mode(image_mode))
         return messages, images
 
     # ------------------------------------------------------------------ notes
@@ -124,22 +143,29 @@ class ChatSession:
         self.items.append(Note("error", text))
 
     # ------------------------------------------------------------------ image
-    def set_image(self, image, name: str, key: str, display: str | None = None) -> bool:
+    def set_image(self, image, name: str, key: str, display: str | None = None, source: str | None = None) -> bool:
         """Use `image` from now on (None removes it). Returns True when it differs from the current one.
 
         A different image starts a new context, since the model saw one image per conversation in training.
-        `display` is a file path the transcript shows the image from (None: text notices only).
+        `display` is a file path the transcript shows the image from (None: text notices only); `source` the
+        user's own file it came from (saved conversations refer to it).
         """
+        return self.use_image(ImageRef(image, name, key, display, source) if image is not None else None)
+
+    def use_image(self, ref: ImageRef | None) -> bool:
+        """`set_image` with a ready `ImageRef` (None removes the image); True when it differs from the current one."""
         self._require_idle("change the image")
         current = self.image.key if self.image is not None else None
-        if (image is None and current is None) or (image is not None and key == current):
+        if (ref is None and current is None) or (ref is not None and ref.key == current):
             return False
         had_turns = bool(self.context_exchanges())
-        self.image = ImageRef(image, name, key, display) if image is not None else None
+        self._let_go_of_image()
+        self.image = ref
+        name = ref.name if ref is not None else ""
         self._new_context()
         if self.image is not None:
             self.items.append(self.image)
-        if image is None:
+        if ref is None:
             self.notice("Image removed: the next question starts a text-only conversation.")
         elif had_turns:
             self.notice(f"New image {name} ({self.image.size_text}): the conversation starts again, "
@@ -147,6 +173,31 @@ class ChatSession:
         else:
             self.notice(f"Image {name} ({self.image.size_text}) loaded.")
         return True
+
+    def restore(self, exchanges: list[tuple[str, str]], image: ImageRef | None, system: str | None,
+                label: str) -> None:
+        """Continue a saved conversation: a new context with `image` and the answered `exchanges` as history
+        (the old transcript stays above it). `system` replaces the system prompt when given."""
+        self._require_idle("load a conversation")
+        self._new_context()
+        self._let_go_of_image()
+        self.image = image
+        if system is not None:
+            self.system = system
+        if image is not None:
+            self.items.append(image)
+        for question, answer in exchanges:
+            self.items.append(Exchange(question, answer, "stop", self.context))
+        about = f" about {image.name} ({image.size_text})" if image is not None else ""
+        self.notice(f"Loaded {label}: {len(exchanges)} turn{'s' if len(exchanges) != 1 else ''}{about}. "
+                    "Ask a follow-up question.")
+
+    def close(self) -> None:
+        """Let go of everything heavy (an expired demo session): stop a generation, drop the image."""
+        self.stop_event.set()
+        self._let_go_of_image()
+        self.image = None
+        self.items = []
 
     # ------------------------------------------------------------------ turns
     def ask(self, question: str) -> Exchange:
@@ -170,12 +221,13 @@ class ChatSession:
             raise ChatStateError("there is no answer to regenerate in this conversation")
         last = self.items[positions[-1]]
         del self.items[positions[-1] + 1:]  # notes about the discarded answer (stopped, cut off, errors)
-        last.answer, last.finish = "", None
+        last.answer, last.finish, last.notes = "", None, []
         self.stop_event = threading.Event()
         return last
 
-    def complete(self, exchange: Exchange, finish: str) -> None:
-        """Mark `exchange` finished (`stop`, `length` or `stopped`), with a notice when the reader should know."""
+    def complete(self, exchange: Exchange, finish: str, window_full: bool = False) -> None:
+        """Mark `exchange` finished (`stop`, `length` or `stopped`), with a notice when the reader should know.
+        `window_full`: the answer's budget was the room left in the context window, not max-new-tokens."""
         if finish not in FINISH_REASONS:
             raise ValueError(f"finish must be one of {FINISH_REASONS}, got {finish!r}")
         if not self._holds(exchange):  # reset while it was generated: nothing to record
@@ -185,6 +237,9 @@ class ChatSession:
         self.finished += 1
         if finish == "stopped":
             self.notice("Stopped." if exchange.answer.strip() else "Stopped before any text was generated.")
+        elif finish == "length" and window_full:
+            self.notice("The answer filled the model's context window and was cut off: /reset (Clear) starts "
+                        "a conversation with room again.")
         elif finish == "length":
             self.notice("The answer reached the max-new-tokens limit and was cut off.")
         elif not exchange.answer.strip():
@@ -198,15 +253,24 @@ class ChatSession:
         self.finished += 1
         self.error(message)
 
-    def trim_oldest(self) -> bool:
-        """Drop the oldest usable exchange of the context from what the model sees; False if none is left."""
-        history = [ex for ex in self.context_exchanges() if not ex.pending]
-        if not history:
-            return False
-        self.context_start += 1
-        self.notice("The conversation outgrew the model's context window: the oldest turn is no longer sent "
-                    "to the model.")
-        return True
+    def trim(self, count: int, context_length: int | None = None, questions=()) -> None:
+        """Stop sending the `count` oldest usable exchanges (the history `conversation` sends) to the model,
+        with a notice on the pending exchange; the image stays (it moves to the first kept turn)."""
+        pending = self.pending
+        if count < 1 or pending is None:
+            return
+        context = self.context_exchanges()
+        usable = [i for i, ex in enumerate(context) if ex is not pending and ex.usable]
+        if count > len(usable):
+            raise ValueError(f"cannot trim {count} exchanges: the history holds {len(usable)}")
+        self.context_start += usable[count - 1] + 1
+        window = f" ({context_length} tokens)" if context_length else ""
+        turns = "the oldest turn" if count == 1 else f"the {count} oldest turns"
+        named = "; ".join(f'"{_shorten(q)}"' for q in questions)
+        image = ", the image still is" if self.image is not None else ""
+        pending.notes.append(Note("notice", f"The conversation outgrew the model's context window{window}: "
+                                            f"{turns}{f' ({named})' if named else ''} "
+                                            f"{'is' if count == 1 else 'are'} no longer sent to the model{image}."))
 
     def request_stop(self) -> bool:
         """Ask the running (or queued) generation to stop; True if there was one."""
@@ -226,6 +290,7 @@ class ChatSession:
                 ex.finish = "stopped"
         self.items = []
         if not keep_image:
+            self._let_go_of_image()
             self.image = None
         elif self.image is not None:
             self.items.append(self.image)
@@ -244,6 +309,7 @@ class ChatSession:
                 out.append({"role": "assistant", "content": f"{STATUS_ICON[item.kind]} {item.text}"})
                 continue
             out.append({"role": "user", "content": item.question})
+            out += [{"role": "assistant", "content": f"{STATUS_ICON[n.kind]} {n.text}"} for n in item.notes]
             if item.answer.strip():
                 out.append({"role": "assistant", "content": item.answer})
         return out
@@ -256,6 +322,16 @@ class ChatSession:
         if self.busy:
             raise ChatStateError(f"cannot {action} while an answer is being generated: wait for it or stop it")
 
+    def _let_go_of_image(self) -> None:
+        """The transcript keeps showing a replaced image (from its display file); its pixels can go."""
+        if self.image is not None:
+            self.image.image = self.image.views = None
+
     def _new_context(self) -> None:
         self.context += 1
         self.context_start = 0
+
+
+def _shorten(text: str, limit: int = 40) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"

@@ -59,6 +59,7 @@ class TextStream:
         self.stop_event = stop_event if stop_event is not None else threading.Event()
         self.text = ""
         self.finish_reason: str | None = None
+        self.fit = None  # the `ContextFit` of the conversation, when `ChatModel.chat` made the stream
         self._max_new_tokens = max_new_tokens
         self._stop_ids = set(stop_token_ids)
         self._streamer = _StoppableStreamer(tokenizer, self.stop_event)

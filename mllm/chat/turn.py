@@ -1,7 +1,8 @@
 """Answer the pending question of a `ChatSession`: fit the context, stream, record how it ended.
 
-One function for the terminal chat and the demo, so both trim history, stop, and report failures the
-same way. Failures never escape: they become an error note in the session, with the real error text.
+One function for the terminal chat and the demo, so both budget the answer, trim history, stop, and report
+failures the same way (the budget and the trimming are `ChatModel.fit`'s, the Python API's own). Failures
+never escape: they become an error note in the session, with the real error text.
 """
 from __future__ import annotations
 
@@ -9,27 +10,21 @@ import logging
 from collections.abc import Iterator
 
 from ..generation import GenerationSettings
+from .context import ContextFit, ContextOverflowError
 from .session import ChatSession
 
 logger = logging.getLogger(__name__)
 
 
-def fit_context(chat_model, session: ChatSession, max_new_tokens: int) -> tuple[list[dict], list]:
-    """The pending conversation, with the oldest exchanges dropped until prompt + answer fit the model's
-    context (`model_max_length`). A single question that does not fit raises `ValueError`."""
-    limit = chat_model.processor.model_max_length
-    messages, images = session.conversation()
-    if not limit:
-        return messages, images
-    while True:
-        length = chat_model.prompt_length(messages)
-        if length + max_new_tokens <= limit or not session.trim_oldest():
-            break
-        messages, images = session.conversation()
-    if length > limit:
-        raise ValueError(f"the question is too long: its prompt has {length} tokens and the model's context "
-                         f"holds {limit}")
-    return messages, images
+def fit_context(chat_model, session: ChatSession, settings: GenerationSettings,
+                image_mode: str | None = None) -> ContextFit:
+    """The pending conversation as it will be sent: `ChatModel.fit` decides the answer's budget and whether
+    the oldest exchanges must go; the session records a trim (with a notice on the pending turn). A question
+    that does not fit even alone raises `ContextOverflowError`."""
+    messages, images = session.conversation(image_mode or chat_model.trained_image_mode)
+    fit = chat_model.fit(messages, images, settings)
+    session.trim(fit.dropped, fit.context_length, fit.dropped_questions)
+    return fit
 
 
 def run_turn(chat_model, session: ChatSession, settings: GenerationSettings | None = None,
@@ -38,6 +33,7 @@ def run_turn(chat_model, session: ChatSession, settings: GenerationSettings | No
 
     The answer accumulates in the exchange; when the stream ends the exchange is completed (`stop`,
     `length`, `stopped`) or failed with the error's text. A stop requested before the start is honoured.
+    Notes about the turn (a trimmed history) are on the exchange before the first piece is yielded.
     """
     exchange = session.pending
     if exchange is None:
@@ -48,13 +44,15 @@ def run_turn(chat_model, session: ChatSession, settings: GenerationSettings | No
         if stop_event.is_set():
             session.complete(exchange, "stopped")
             return
-        messages, images = fit_context(chat_model, session, settings.max_new_tokens)
-        stream = chat_model.chat(messages, images, stream=True, settings=settings, image_mode=image_mode,
+        mode = image_mode or chat_model.trained_image_mode
+        fit = fit_context(chat_model, session, settings, mode)
+        _, images = session.conversation(mode)
+        stream = chat_model.chat(fit.turns, images, stream=True, settings=settings, image_mode=mode,
                                  stop_event=stop_event)
         for piece in stream:
             exchange.answer += piece
             yield piece
-        session.complete(exchange, stream.finish_reason)
+        session.complete(exchange, stream.finish_reason, window_full=fit.limited_by_context(settings.max_new_tokens))
     except GeneratorExit:  # the consumer went away (closed page, cancelled event): stop and keep what we have
         stop_event.set()
         session.complete(exchange, "stopped")
@@ -62,6 +60,8 @@ def run_turn(chat_model, session: ChatSession, settings: GenerationSettings | No
     except KeyboardInterrupt:  # Ctrl-C in the terminal while waiting for a token: a stop, not a crash
         stop_event.set()
         session.complete(exchange, "stopped")
+    except ContextOverflowError as exc:
+        session.fail(exchange, f"{str(exc)[0].upper()}{str(exc)[1:]}: ask something shorter.")
     except Exception as exc:
         logger.exception("generation failed")
         session.fail(exchange, f"Generation failed: {type(exc).__name__}: {exc}")

@@ -7,14 +7,16 @@ from PIL import Image
 
 from demo.examples import EXAMPLES, make_examples
 from demo.handlers import DemoBackend, chat_messages, message_parts
+from mllm.chat.session import ChatSession
 from mllm.generation import GenerationSettings
 
 SETTINGS = GenerationSettings(max_new_tokens=8, temperature=0.0, top_p=0.7)
 
 
 @pytest.fixture
-def backend(demo_bot):
-    return DemoBackend(demo_bot, SETTINGS, min_update_interval=0.0)  # every piece, so steps are countable
+def backend(demo_bot, tmp_path):
+    # every piece, so steps are countable
+    return DemoBackend(demo_bot, SETTINGS, min_update_interval=0.0, files_dir=tmp_path / "files")
 
 
 def test_updates_are_throttled(demo_bot, tmp_path):
@@ -64,7 +66,9 @@ def test_ask_about_an_upload_and_stream_the_answer(backend, demo_bot, uploads):
     chat, box, view, session = _submit(backend, _msg("What colour?", uploads / "red.png"), "pad", None)
     assert box == {"text": "", "files": []}
     assert _texts(chat) == ["[image red.png]", "ℹ️ Image red.png (60×40) loaded.", "What colour?"]
-    assert chat[0]["role"] == "user" and chat[0]["content"][0]["path"] == str(uploads / "red.png")
+    shown = chat[0]["content"][0]["path"]
+    assert chat[0]["role"] == "user" and shown.startswith(str(backend.files_dir / session.id))
+    assert np.array_equal(np.asarray(Image.open(shown).convert("RGB")), np.asarray(Image.open(uploads / "red.png")))
     assert view.size[0] >= 224 and view.size[0] % demo_bot.processor.image_processor.image_size == 0
     chat, steps = _generate(backend, session)
     answer = demo_bot.chat("What colour?", uploads / "red.png", max_new_tokens=8)
@@ -136,7 +140,7 @@ def test_clear_during_generation_empties_the_chat_but_keeps_the_image(backend, u
     final = list(stream)[-1][0]
     assert _texts(final) == ["[image red.png]"]  # the stopped generation leaves nothing behind
     _submit(backend, _msg("Again"), "pad", session)
-    assert session.conversation()[0] == [{"from": "human", "value": "<image>\nAgain"}]
+    assert session.conversation("pad")[0] == [{"from": "human", "value": "<image>\nAgain"}]
 
 
 def test_new_image_restarts_the_conversation(backend, uploads):
@@ -144,7 +148,7 @@ def test_new_image_restarts_the_conversation(backend, uploads):
     _generate(backend, session)
     chat, _, _, session = _submit(backend, _msg("Q2", uploads / "blue.png"), "pad", session)
     assert "New image blue.png (30×50): the conversation starts again" in _texts(chat)[-2]
-    assert session.conversation()[0] == [{"from": "human", "value": "<image>\nQ2"}]
+    assert session.conversation("pad")[0] == [{"from": "human", "value": "<image>\nQ2"}]
 
 
 def test_mode_change_updates_what_the_model_sees(backend, demo_bot, uploads):
@@ -169,7 +173,7 @@ def test_remove_image_gives_text_only_chat(backend, uploads):
     chat, view, session = backend.remove_image("pad", session)
     assert view is None and _texts(chat)[-1].startswith("ℹ️ Image removed")
     _submit(backend, _msg("Hi"), "pad", session)
-    assert session.conversation() == ([{"from": "human", "value": "Hi"}], [])
+    assert session.conversation("pad") == ([{"from": "human", "value": "Hi"}], [])
 
 
 def test_invalid_settings_are_reported_not_raised(backend, uploads):
@@ -195,3 +199,70 @@ def test_examples_are_drawn_by_the_project(tmp_path):
         assert colours  # something is drawn
     again = make_examples(tmp_path / "again")
     assert [open(p, "rb").read() for p, _ in again] == [open(p, "rb").read() for p, _ in examples]  # deterministic
+
+
+def test_an_upload_is_kept_as_the_towers_views_only(backend, demo_bot, tmp_path):
+    Image.effect_mandelbrot((1800, 1200), (-2, -1, 1, 1), 60).convert("RGB").save(tmp_path / "photo.png")
+    _, _, view, session = _submit(backend, _msg("", tmp_path / "photo.png"), "crop", None)
+    ref = session.image
+    assert ref.image is None and ref.size == (1800, 1200)  # the decoded original is not kept
+    original = Image.open(tmp_path / "photo.png").convert("RGB")
+    for mode, kept in ref.views.items():  # each view gives the tower the original's exact pixels
+        processor = demo_bot.processor_for(mode).image_processor
+        assert processor.prepare(kept).equal(processor.prepare(original))
+    assert Image.open(ref.display).size == (512, 341)  # the chat shows a small copy
+    assert np.array_equal(np.asarray(view.resize(ref.views["crop"].size, Image.Resampling.NEAREST)),
+                          np.asarray(ref.views["crop"]))  # "what the model sees" is the crop view
+    _submit(backend, _msg("Q"), "crop", session)
+    _generate(backend, session, mode="crop")
+    assert session.exchanges[-1].answer == demo_bot.chat("Q", original, max_new_tokens=8, image_mode="crop")
+
+
+def test_the_pixel_cap_refuses_before_decoding(demo_bot, uploads, tmp_path):
+    capped = DemoBackend(demo_bot, SETTINGS, files_dir=tmp_path, max_image_pixels=2000)
+    chat, box, _, session, _ = capped.submit(_msg("Q", uploads / "red.png"), "pad", None)  # 60x40 = 2400 pixels
+    assert _texts(chat)[0] == "⚠️ Cannot use red.png: the image is too large (60x40 = 2400 pixels > 2000). " \
+                              "Scale it down and try again."
+    assert session.image is None and box["text"] == "Q"
+
+
+def test_an_expired_session_is_told_and_released_sessions_leave_no_files(backend, uploads):
+    _, _, _, session = _submit(backend, _msg("Q", uploads / "red.png"), "pad", None)
+    folder = backend.files_dir / session.id
+    assert any(folder.iterdir())
+    backend.release(session)  # what gr.State's time_to_live does to an idle session
+    assert not folder.exists() and session.image is None and session.stop_event.is_set()
+    shown = [{"role": "user", "content": [{"type": "text", "text": "Q"}]}]
+    chat, _, _, fresh, _ = backend.submit(_msg("Sure?"), "pad", None, shown)
+    assert _texts(chat)[0].startswith("ℹ️ This conversation was idle for more than 60 minutes")
+    assert fresh.conversation()[0] == [{"from": "human", "value": "Sure?"}]
+
+
+def test_save_and_load_continue_the_same_conversation(backend, demo_bot, uploads, tmp_path):
+    _, _, _, session = _submit(backend, _msg("What colour?", uploads / "red.png"), "pad", None)
+    _generate(backend, session)
+    chat, saved, session = backend.save(session)
+    assert saved.endswith(".zip") and saved.startswith(str(backend.files_dir / session.id))
+    _, _, _, other = _submit(backend, _msg("", uploads / "blue.png"), "pad", None)  # another tab, busy elsewhere
+    chat, view, other, status = backend.load({"path": saved, "orig_name": "conv.zip"}, "pad", other)
+    assert "ℹ️ Loaded conv.zip: 1 turn about red.png (60×40). Ask a follow-up question." in _texts(chat)
+    assert view is not None and "data-state='idle'" in status
+    _submit(backend, _msg("Sure?"), "pad", session)
+    _submit(backend, _msg("Sure?"), "pad", other)
+    (m1, i1), (m2, i2) = session.conversation("pad"), other.conversation("pad")
+    assert m1 == m2 and np.array_equal(np.asarray(i1[0]), np.asarray(i2[0]))
+
+
+def test_loading_refuses_server_paths_and_bad_files(backend, uploads, tmp_path):
+    import json
+
+    record = {"image": str(uploads / "red.png"), "conversations": [{"from": "human", "value": "<image>\nQ"},
+                                                                   {"from": "gpt", "value": "A"}]}
+    (tmp_path / "paths.json").write_text(json.dumps(record))
+    chat, view, session, _ = backend.load({"path": str(tmp_path / "paths.json"), "orig_name": "paths.json"}, "pad", None)
+    assert _texts(chat)[-1].startswith("⚠️ Cannot load paths.json: it names the image") and session.image is None
+    (tmp_path / "junk.zip").write_bytes(b"PK\x03\x04 not really a zip")
+    chat, _, session, _ = backend.load({"path": str(tmp_path / "junk.zip"), "orig_name": "junk.zip"}, "pad", session)
+    assert _texts(chat)[-1].startswith("⚠️ Cannot load junk.zip")
+    chat, _, session = backend.save(ChatSession())
+    assert _texts(chat)[-1].startswith("⚠️ There is nothing to save yet")

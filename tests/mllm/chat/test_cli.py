@@ -88,3 +88,48 @@ def test_bad_image_and_bad_model_fail_with_one_line(chat_checkpoint, image_files
 def test_bad_settings_are_usage_errors(capsys):
     code, _, err = _run_command(["--temperature", "-1", "-q", "hi"], capsys)
     assert code == 2 and "temperature must be >= 0" in err and len(err.splitlines()) == 1
+
+
+def test_save_then_load_continues_the_conversation(bot, chat_checkpoint, image_files, capsys, monkeypatch, tmp_path):
+    image = str(image_files[0][0])
+    saved = tmp_path / "conv.json"
+    code, out, err = _run(["--model", str(chat_checkpoint), "--image", image, *ARGS],
+                          capsys, monkeypatch, f"What colour?\n/save {saved}\n")
+    assert code == 0 and f"Saved the conversation to {saved}" in err
+    first = out.strip()
+    code, out, err = _run(["--model", str(chat_checkpoint), "--load", str(saved), "-q", "Sure?", *ARGS],
+                          capsys, monkeypatch)
+    assert code == 0, err
+    assert f"Loaded {saved}: 1 turn about {image}" in err
+    expected = bot.chat([{"role": "user", "content": "What colour?"}, {"role": "assistant", "content": first},
+                         {"role": "user", "content": "Sure?"}], image, max_new_tokens=5)
+    assert out.strip() == expected
+    code, _, err = _run(["--model", str(chat_checkpoint), "-q", f"/load {tmp_path / 'nope.json'}", "-q",
+                         f"/save {tmp_path / 'x.txt'}", *ARGS], capsys, monkeypatch)
+    assert "error: cannot load" in err and "no such file" in err and "must end in .json or .zip" in err
+
+
+def test_a_trim_notice_comes_before_the_answer_it_concerns(bot, image_files, monkeypatch):
+    from mllm.chat.session import ChatSession
+
+    lines = io.StringIO()
+    chat = cli.TerminalChat(bot, ChatSession(), bot.settings(max_new_tokens=4, temperature=0.0), None, stream=True,
+                            out=lines, err=lines)
+    chat.load_image(str(image_files[0][0]))
+    chat.ask("A first question that takes a little room in the prompt?")
+    alone = bot.prompt_length([{"from": "human", "value": "<image>\nSecond?"}])
+    monkeypatch.setattr(bot.processor, "model_max_length", alone + 4)
+    chat.ask("Second?")
+    text = lines.getvalue().splitlines()
+    notice = next(i for i, line in enumerate(text) if "outgrew the model's context window" in line)
+    assert text[notice + 1].strip() == chat.session.exchanges[-1].answer  # the notice, then its answer
+    assert notice == len(text) - 2 or "cut off" in text[-1]
+
+
+def test_default_answer_length_follows_the_context_window(chat_checkpoint, bot, capsys, monkeypatch):
+    from mllm.chat.api import load_for_command
+
+    args = cli.build_parser().parse_args(["--model", str(chat_checkpoint)])
+    loaded, code = load_for_command("chat", args, max_new_tokens=None, temperature=0.0)
+    assert code == 0
+    assert loaded.default_settings.max_new_tokens == max(16, min(1024, loaded.processor.model_max_length // 4))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from mllm.chat.session import ChatSession, ChatStateError, Exchange, Note
+from mllm.chat.session import ChatSession, ChatStateError, Exchange, ImageRef, Note
 from mllm.templates import render
 
 RED = Image.new("RGB", (8, 6), (255, 0, 0))
@@ -147,20 +147,53 @@ def test_regenerate_needs_an_answer_in_the_current_context():
         s.regenerate()
 
 
-def test_trim_oldest_drops_history_but_keeps_the_image_and_the_question():
+def test_trim_drops_usable_history_keeps_the_image_and_notes_it_on_the_pending_turn():
     s = ChatSession()
     s.set_image(RED, "red.png", "k")
-    for i in range(3):
+    s.ask("Q0")
+    s.fail(s.pending, "boom")  # not history: trimming counts usable exchanges only
+    for i in range(1, 4):
         s.ask(f"Q{i}")
         _answer(s, f"A{i}")
-    s.ask("Q3")
-    assert s.trim_oldest() and s.trim_oldest()
+    s.ask("Q4")
+    s.trim(2, 512, ("Q1", "Q2"))
     messages, images = s.conversation()
-    assert [m["value"] for m in messages] == ["<image>\nQ2", "A2", "Q3"] and images == [RED]
-    assert s.trim_oldest()
-    assert not s.trim_oldest()  # only the pending question is left
-    assert s.conversation()[0] == [{"from": "human", "value": "<image>\nQ3"}]
-    assert sum("context window" in n for n in _notes(s)) == 3
+    assert [m["value"] for m in messages] == ["<image>\nQ3", "A3", "Q4"] and images == [RED]
+    assert [n.text for n in s.pending.notes] == [
+        'The conversation outgrew the model\'s context window (512 tokens): the 2 oldest turns ("Q1"; "Q2") are '
+        "no longer sent to the model, the image still is."]
+    with pytest.raises(ValueError, match="cannot trim 2 exchanges: the history holds 1"):
+        s.trim(2)
+    s.trim(1)
+    assert s.conversation()[0] == [{"from": "human", "value": "<image>\nQ4"}]
+    _answer(s, "A4")
+    s.regenerate()
+    assert s.pending.notes == []  # the next fit decides again
+
+
+def test_a_replaced_image_lets_go_of_its_pixels_but_stays_in_the_transcript(tmp_path):
+    s = ChatSession()
+    s.set_image(RED, "red.png", "k-red", display=str(tmp_path / "red.png"))
+    first = s.image
+    s.set_image(BLUE, "blue.png", "k-blue", display=str(tmp_path / "blue.png"))
+    assert first.image is None and first.size_text == "8×6"
+    assert [m["content"]["alt_text"] for m in s.transcript() if isinstance(m["content"], dict)] == ["red.png", "blue.png"]
+    s.close()
+    assert s.image is None and s.items == [] and s.stop_event.is_set()
+
+
+def test_restore_continues_a_saved_conversation_in_a_new_context():
+    s = ChatSession()
+    s.ask("old")
+    _answer(s, "old answer")
+    s.restore([("Q1", "A1"), ("Q2", "A2")], ImageRef(RED, "red.png", "k"), "Be brief.", label="conv.json")
+    s.ask("Q3")
+    messages, images = s.conversation()
+    assert messages == [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "<image>\nQ1"},
+                        {"from": "gpt", "value": "A1"}, {"from": "human", "value": "Q2"},
+                        {"from": "gpt", "value": "A2"}, {"from": "human", "value": "Q3"}]
+    assert images == [RED]
+    assert "Loaded conv.json: 2 turns about red.png (8×6). Ask a follow-up question." in _notes(s)
 
 
 def test_stop_applies_to_the_pending_answer_only():

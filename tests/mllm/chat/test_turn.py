@@ -32,21 +32,6 @@ def test_turn_streams_the_same_answer_as_the_api(bot, make_images):
     assert not s.busy
 
 
-def test_history_is_trimmed_to_fit_the_context(bot, make_images, monkeypatch):
-    s = _session(make_images)
-    for i in range(3):
-        s.ask(f"Question number {i} about the picture?")
-        s.pending.answer = f"Answer number {i} which is rather long to take some room."
-        s.complete(s.pending, "stop")
-    s.ask("Last one?")
-    alone = bot.prompt_length([{"from": "human", "value": "<image>\nLast one?"}])
-    monkeypatch.setattr(bot.processor, "model_max_length", alone + SETTINGS.max_new_tokens + 5)
-    list(run_turn(bot, s, SETTINGS))
-    assert s.exchanges[-1].finish in ("stop", "length")
-    assert s.context_start == 3
-    assert sum("context window" in i.text for i in s.items if isinstance(i, Note)) == 3
-
-
 def test_a_question_longer_than_the_context_is_an_error_in_the_chat(bot, make_images, monkeypatch):
     s = _session(make_images)
     s.ask("word " * 50)
