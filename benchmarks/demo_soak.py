@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
                     time.monotonic() + args.request_timeout, warm)  # imports and first allocations
         if warm.failures:
             raise SystemExit(f"warm-up failed: {warm.failures}\n{log_path.read_text()[-3000:]}")
-        base_rss, base_peak = memory_mb(proc.pid)
+        base_rss, _ = memory_mb(proc.pid)
         rec = Recorder()
         peak_sampled = [base_rss]
         stop = threading.Event()

@@ -84,6 +84,10 @@ def status_html(session: ChatSession | None) -> str:
     return f"<div class='chat-status' data-state='{state}' data-finished='{finished}'>{text}</div>"
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:g} minutes" if seconds >= 120 else f"{seconds:g} seconds"
+
+
 def release_freed_memory() -> None:
     """Hand memory freed by a large decode back to the system. glibc keeps freed blocks in per-thread arenas
     (gradio runs handlers in a thread pool), so without this the RSS after a few large uploads stays near its
@@ -120,9 +124,9 @@ class DemoBackend:
         """A fresh session; `shown` (what the page still displays) non-empty means the server forgot this one."""
         session = ChatSession()
         if shown:
-            minutes = f"{self.session_ttl / 60:g} minute{'s' if self.session_ttl != 60 else ''}"
-            session.notice(f"This conversation was idle for more than {minutes}, so the server let it go: the "
-                           "model no longer sees its image or its turns. Attach the image again to continue.")
+            session.notice(f"This conversation was idle for more than {_duration(self.session_ttl)}, so the server "
+                           "let it go: the model no longer sees its image or its turns. Attach the image again to "
+                           "continue.")
         return session
 
     def release(self, session: ChatSession | None) -> None:
@@ -138,7 +142,8 @@ class DemoBackend:
         return path
 
     def _display_copy(self, session: ChatSession, image, key: str) -> str:
-        """A PNG for the transcript (at most `DISPLAY_SIDE` wide), named by content in the session's folder."""
+        """A PNG for the transcript (and for Save), at most `DISPLAY_SIDE` (or twice the tower's input) wide,
+        named by content in the session's folder."""
         path = self._session_dir(session) / f"{key[:16]}.png"
         if not path.exists():
             shrink(image, max(DISPLAY_SIDE, 2 * self.bot.processor.image_processor.image_size)).save(path, "PNG")
@@ -163,7 +168,7 @@ class DemoBackend:
             return ImageRef(None, name, key, display=self._display_copy(session, image, key),
                             views=self.bot.prepared_views(image), size=image.size)
         finally:
-            image = None
+            image = None  # the decoded original goes before the trim
             release_freed_memory()
 
     def _use_upload(self, session: ChatSession, payload) -> bool:
@@ -174,7 +179,7 @@ class DemoBackend:
         except ImageLoadError as exc:
             if exc.reason == "missing":
                 session.error(f"Cannot use {name}: the upload is no longer on the server (uploads are kept "
-                              f"{self.session_ttl / 60:g} minutes). Attach it again.")
+                              f"{_duration(self.session_ttl)}). Attach it again.")
             else:
                 session.error(explain(exc, name))
             return False

@@ -1,5 +1,6 @@
-"""Chat with a checkpoint: a Python API (`load`, `ChatModel.chat`), the chat state shared by the terminal
-chat and the demo (`ChatSession`), and the `llm2clip-llava chat` command (`mllm.chat.cli`).
+"""Chat with a checkpoint: a Python API (`load`, `ChatModel.chat`), the context budget all of them share
+(`mllm.chat.context`), the chat state shared by the terminal chat and the demo (`ChatSession`), saved
+conversations (`mllm.chat.conversation_file`), and the `llm2clip-llava chat` command (`mllm.chat.cli`).
 
 Exports are imported lazily, so the pure chat-state code does not import torch.
 """
@@ -18,6 +19,11 @@ _EXPORTS = {
     "Exchange": "mllm.chat.session",
     "run_turn": "mllm.chat.turn",
     "fit_context": "mllm.chat.turn",
+    "ContextFit": "mllm.chat.context",
+    "ContextOverflowError": "mllm.chat.context",
+    "fit_conversation": "mllm.chat.context",
+    "save_conversation": "mllm.chat.conversation_file",
+    "read_conversation": "mllm.chat.conversation_file",
     "open_image": "mllm.chat.images",
     "explain": "mllm.chat.images",
     "GenerationSettings": "mllm.generation",

@@ -125,7 +125,7 @@ def test_bad_logins_are_refused_before_the_model_loads(captured, argv, message, 
 
 
 def test_header_and_log_name_models_by_folder_not_server_path(demo_checkpoint, captured, capsys):
-    from demo.ui import header_html, public_name
+    from demo.ui import public_name
 
     assert app.main(["--model", str(demo_checkpoint)]) == 0
     out = capsys.readouterr().out

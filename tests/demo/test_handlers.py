@@ -259,7 +259,7 @@ def test_loading_refuses_server_paths_and_bad_files(backend, uploads, tmp_path):
     record = {"image": str(uploads / "red.png"), "conversations": [{"from": "human", "value": "<image>\nQ"},
                                                                    {"from": "gpt", "value": "A"}]}
     (tmp_path / "paths.json").write_text(json.dumps(record))
-    chat, view, session, _ = backend.load({"path": str(tmp_path / "paths.json"), "orig_name": "paths.json"}, "pad", None)
+    chat, _, session, _ = backend.load({"path": str(tmp_path / "paths.json"), "orig_name": "paths.json"}, "pad", None)
     assert _texts(chat)[-1].startswith("⚠️ Cannot load paths.json: it names the image") and session.image is None
     (tmp_path / "junk.zip").write_bytes(b"PK\x03\x04 not really a zip")
     chat, _, session, _ = backend.load({"path": str(tmp_path / "junk.zip"), "orig_name": "junk.zip"}, "pad", session)

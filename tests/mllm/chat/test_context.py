@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mllm.chat import ChatSession, run_turn
-from mllm.chat.context import (ContextOverflowError, answer_reserve, default_max_new_tokens,
-                               fit_conversation)
+from mllm.chat.context import ContextOverflowError, answer_reserve, default_max_new_tokens, fit_conversation
 from mllm.chat.session import Note
 from mllm.generation import GenerationSettings
 

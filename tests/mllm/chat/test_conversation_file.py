@@ -8,8 +8,7 @@ import zipfile
 import pytest
 from PIL import Image
 
-from mllm.chat.conversation_file import (ConversationFileError, conversation_record, read_conversation,
-                                         save_conversation)
+from mllm.chat.conversation_file import ConversationFileError, conversation_record, read_conversation, save_conversation
 from mllm.chat.images import open_image
 from mllm.chat.session import ChatSession, ImageRef
 from mllm.errors import UserError

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from mllm.chat import ChatSession, run_turn
-from mllm.chat.session import Note
 from mllm.generation import GenerationSettings
 
 SETTINGS = GenerationSettings(max_new_tokens=6, temperature=0.0)
