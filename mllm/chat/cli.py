@@ -261,6 +261,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.image:
         check_image(args.image)  # before the model loads: a bad image is one line, exit 2
+    if args.load:
+        from .conversation_file import read_conversation
+
+        saved = read_conversation(args.load)  # likewise a conversation file that cannot be continued
+        if saved.image_path is not None:
+            check_image(saved.image_path)
     bot, code = load_for_command("llm2clip-llava chat", args, max_new_tokens=args.max_new_tokens,
                                  temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                                  repetition_penalty=args.repetition_penalty)

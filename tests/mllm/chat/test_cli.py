@@ -133,3 +133,10 @@ def test_default_answer_length_follows_the_context_window(chat_checkpoint, bot, 
     loaded, code = load_for_command("chat", args, max_new_tokens=None, temperature=0.0)
     assert code == 0
     assert loaded.default_settings.max_new_tokens == max(16, min(1024, loaded.processor.model_max_length // 4))
+
+
+def test_a_bad_conversation_file_fails_before_the_model_loads(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr("mllm.chat.api.ChatModel.from_pretrained", lambda *a, **k: pytest.fail("model loaded"))
+    (tmp_path / "bad.json").write_text('{"conversations": []}')
+    code, _, err = _run_command(["--load", str(tmp_path / "bad.json"), "-q", "hi"], capsys)
+    assert code == 2 and "cannot load bad.json: the turns must alternate" in err and len(err.splitlines()) == 1
