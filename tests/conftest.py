@@ -99,3 +99,16 @@ def make_tiny_model(tiny_llm_dirs, tiny_tower_dir, spm_tokenizer_dir):
         return build_model(str(tiny_llm_dirs(family)), tower=spec, tokenizer=tokenizer, **kwargs)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def quickstart_conversation(quickstart_home):
+    """(image path, [(question, gold answer)] x 5) about the first held-out image of the quickstart: its colour,
+    shape and side questions (the kinds its training data asks in one conversation), then colour and shape again.
+    """
+    import json
+
+    records = json.loads((quickstart_home.root / "data" / "heldout.json").read_text())
+    image = records[0]["image"]
+    by_category = {r["category"]: (r["text"], r["answer"]) for r in records if r["image"] == image}
+    return str(quickstart_home.root / "data" / image), [by_category[c] for c in ("color", "shape", "half", "color", "shape")]

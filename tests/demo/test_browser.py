@@ -324,24 +324,20 @@ def test_quickstart_model_answers_held_out_questions(servers, page, quickstart_m
     demo.screenshot("demo-quickstart.png")
 
 
-def test_quickstart_five_turns_keep_their_context(servers, page, quickstart_home):
+def test_quickstart_five_turns_keep_their_context(servers, page, quickstart_home, quickstart_conversation):
     """Acceptance: five turns about one held-out image, with max-new-tokens at the whole 512-token window (the
-    issue's setting): no context notice, every answer is the API's answer to the whole conversation so far."""
-    import json
-
+    issue's setting): no context notice, every answer the gold one and the API's answer to the whole conversation
+    so far."""
     from mllm.chat import load
 
     _, quick = servers
-    records = json.loads((quickstart_home.root / "data" / "heldout.json").read_text())
-    image = records[0]["image"]
-    questions = [(r["text"], r["answer"]) for r in records if r["image"] == image][:5]
-    image = str(quickstart_home.root / "data" / image)
+    image, questions = quickstart_conversation
     demo = DemoPage(page, quick.url)
     demo.set_slider("max-new-tokens", 512)
     answers = [demo.ask(question, image=image if turn == 0 else None) for turn, (question, _) in enumerate(questions)]
     texts = [m["text"] for m in demo.messages()]
     assert not any("context window" in t or "cut off" in t or t.startswith("⚠️") for t in texts), texts
-    assert squash(answers[0]) == squash(questions[0][1])  # held out
+    assert [squash(a) for a in answers] == [squash(gold) for _, gold in questions]  # held out, in context
     bot = load(quickstart_home.model_dir)
     messages = []
     for (question, _), answer in zip(questions, answers):
