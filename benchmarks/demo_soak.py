@@ -167,8 +167,9 @@ def run_session(index: int, url: str, good: Path, hostile: list[Path], args, dea
     except Exception as exc:  # noqa: BLE001
         rec.fail(f"session {index}: cannot connect: {type(exc).__name__}: {exc}")
         return
-    questions = ["What color is the object?", "What shape is it?", "Is the object on the left side?",
-                 "Is there a circle in the image?", "Describe the image briefly."]
+    suffix = "\nAnswer the question using a single word or phrase."  # the quickstart's training wording
+    questions = [q + suffix for q in ("What color is the object?", "What shape is the object?",
+                                      "Is the object on the left or the right side of the image?")]
 
     def send(text, path=None):
         files = [handle_file(str(path))] if path is not None else []
@@ -194,8 +195,8 @@ def run_session(index: int, url: str, good: Path, hostile: list[Path], args, dea
                     generated = rec.call("generate", lambda: client.submit("pad", 0.0, 0.7, args.max_new_tokens,
                                                                            api_name="/generate"), args.request_timeout)
                     rec.count("turns")
-                    if generated is None or not _answered(generated[0], "What is in this file?"):
-                        rec.fail(f"session {index}: no answer about {path.name}")
+                    if generated is not None:
+                        _check_answer(rec, generated[0], "What is in this file?", f"session {index} ({path.name})")
         question = questions[turn % len(questions)]
         attach = good if turn == 0 or (index + turn) % args.hostile_every == 0 else None
         start = time.monotonic()
@@ -210,20 +211,27 @@ def run_session(index: int, url: str, good: Path, hostile: list[Path], args, dea
         with rec.lock:
             rec.latency.setdefault("turn (send + answer)", []).append(time.monotonic() - start)
         texts = _texts(generated[0])
-        if not _answered(generated[0], question):
-            rec.fail(f"session {index} turn {turn}: no answer: {texts[-3:]}")
+        _check_answer(rec, generated[0], question, f"session {index} turn {turn}")
         if any("context window" in t for t in texts):
             rec.count("context notices")
         if any(t.startswith("⚠️") and "Cannot use" not in t for t in texts):
             rec.fail(f"session {index} turn {turn}: error in the chat: {[t for t in texts if t.startswith('⚠️')][-1]}")
 
 
-def _answered(chat, question: str) -> bool:
+def _check_answer(rec: Recorder, chat, question: str, where: str) -> None:
+    """A finished turn has an answer, or the chat's note that the model returned none (a completed request:
+    counted, not failed); anything else failed."""
     texts = _texts(chat)
     if question not in texts:
-        return False
-    after = texts[len(texts) - 1 - texts[::-1].index(question) + 1:]
-    return any(t.strip() and not t.startswith(("ℹ️", "⚠️")) for t in after)
+        rec.fail(f"{where}: the question is not in the chat: {texts[-3:]}")
+        return
+    after = texts[len(texts) - texts[::-1].index(question):]
+    if any(t.strip() and not t.startswith(("ℹ️", "⚠️")) for t in after):
+        rec.count("answers")
+    elif "ℹ️ The model returned an empty answer." in after:
+        rec.count("empty answers (the model's choice)")
+    else:
+        rec.fail(f"{where}: no answer: {after}")
 
 
 def percentiles(values: list[float]) -> dict:
