@@ -1,14 +1,17 @@
 """The interface every tower shares: LLaVA-style layer/feature selection, freezing, checkpointing, saving.
 
-Subclasses supply the embedding step, the list of blocks and the mapping to their canonical checkpoint names;
-the block loop lives here so both architectures select layers, stop early and checkpoint the same way.
+A subclass is one architecture (registered in `vision_tower.registry.TOWERS`): it declares its `arch`, its
+prefix-token count (1 for a CLS token, 0 for none), its presets and the checkpoint layouts it reads, infers
+its sizes from canonical weights, and supplies the embedding step, the list of blocks and the mapping to its
+canonical checkpoint names. The block loop lives here so every architecture selects layers, stops early and
+checkpoints the same way.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 import torch
 import torch.nn as nn
@@ -27,12 +30,21 @@ class VisionTower(nn.Module):
     """Image encoder returning the hidden state of `select_layer` (LLaVA meaning: `hidden_states[select_layer]`
     where `hidden_states[0]` is the embedding output and `hidden_states[i]` the output of block i).
 
-    `select_feature="patch"` drops the CLS token, `"cls_patch"` keeps it. Only the blocks needed for the
-    selected layer run unless `output_hidden_states=True`. Built frozen (no grads, eval mode).
+    Every hidden state is `num_prefix_tokens` tokens (CLS, if any) followed by the patch grid in row-major
+    order. `select_feature="patch"` drops the prefix tokens, `"cls_patch"` keeps them (towers with a CLS token
+    only). Only the blocks needed for the selected layer run unless `output_hidden_states=True`. Built frozen
+    (no grads, eval mode).
     """
+
+    arch: ClassVar[str]  # the registry name; configs with another arch are refused
+    num_prefix_tokens: ClassVar[int]  # tokens before the patch grid in every hidden state (1 = CLS, 0 = none)
+    presets: ClassVar[tuple[VisionTowerConfig, ...]] = ()  # named configs (collected by registry.PRESETS)
+    layouts: ClassVar[tuple] = ()  # the `checkpoint.CheckpointLayout`s this tower's weights come in
 
     def __init__(self, config: VisionTowerConfig, *, select_layer: int = -2, select_feature: str = "patch"):
         super().__init__()
+        if config.arch != self.arch:
+            raise ValueError(f"{type(self).__name__} needs arch {self.arch!r}, got {config.arch!r}")
         self.config = config
         self.select_layer = select_layer
         self.select_feature = select_feature
@@ -40,8 +52,17 @@ class VisionTower(nn.Module):
         self._gradient_checkpointing = False
 
     # ------------------------------------------------------------------ subclass hooks
+    @classmethod
+    def infer_structure(cls, canonical) -> dict[str, Any]:
+        """The `VisionTowerConfig` fields readable from canonical weights (`checkpoint.Canonical`), `arch`
+        and `image_size` included; used to match a checkpoint without a config against the presets."""
+        raise NotImplementedError
+
+    def check_checkpoint(self, canonical) -> None:
+        """Verify what a checkpoint carried besides the weights (e.g. RoPE tables) after a load."""
+
     def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """`hidden_states[0]`: [B, 1 + num_patches, hidden_size]."""
+        """`hidden_states[0]`: [B, num_prefix_tokens + num_patches, hidden_size]."""
         raise NotImplementedError
 
     @property
@@ -86,8 +107,14 @@ class VisionTower(nn.Module):
         return self.config.grid_size ** 2
 
     @property
+    def feature_prefix_tokens(self) -> int:
+        """Prefix (CLS) tokens in front of the patch grid in `forward`'s output."""
+        return self.num_prefix_tokens if self.select_feature == "cls_patch" else 0
+
+    @property
     def num_image_tokens(self) -> int:
-        return self.num_patches + (1 if self.select_feature == "cls_patch" else 0)
+        """Tokens per image in `forward`'s output. The LLM's count is the projector's (`projector.registry`)."""
+        return self.num_patches + self.feature_prefix_tokens
 
     @property
     def depth(self) -> int:
@@ -133,6 +160,8 @@ class VisionTower(nn.Module):
     def select_feature(self, value: str) -> None:
         if value not in SELECT_FEATURES:
             raise ValueError(f"select_feature must be one of {SELECT_FEATURES}, got {value!r}")
+        if value == "cls_patch" and not self.num_prefix_tokens:
+            raise ValueError(f"select_feature 'cls_patch' needs a CLS token; {self.arch} towers have none (use 'patch')")
         self._select_feature = value
 
     # ------------------------------------------------------------------ forward
@@ -153,7 +182,7 @@ class VisionTower(nn.Module):
             if states is not None:
                 states.append(x)
         selected = states[self.layer_index] if states is not None else x
-        features = selected[:, 1:] if self._select_feature == "patch" else selected
+        features = selected[:, self.num_prefix_tokens:] if self._select_feature == "patch" else selected
         if output_hidden_states:
             return features, tuple(states)
         return features
@@ -238,7 +267,7 @@ class VisionTower(nn.Module):
             self.load_state_dict({key_map[k]: v for k, v in state_dict.items()}, strict=True)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write `config.json` and `model.safetensors` (canonical key names: EVA-CLIP for eva02, HF for clip)."""
+        """Write `config.json` and `model.safetensors` (the tower's canonical key names, e.g. EVA-CLIP for eva02)."""
         from safetensors.torch import save_file
 
         os.makedirs(directory, exist_ok=True)

@@ -1,6 +1,7 @@
-"""Vision tower configuration, presets, and conversion from EVA-CLIP `vision_cfg` / HF CLIP configs.
+"""Vision tower configuration and conversion from EVA-CLIP `vision_cfg` / HF CLIP configs.
 
-One flat dataclass describes both architectures so a tower can be saved, compared and rebuilt from JSON.
+One flat dataclass describes every architecture so a tower can be saved, compared and rebuilt from JSON.
+Presets are declared by the tower classes (`presets`) and collected by `vision_tower.registry.PRESETS`.
 """
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from .registry import ARCHS, PRESETS
+
 logger = logging.getLogger(__name__)
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-ARCHS = ("eva02", "clip")
 CONFIG_MODEL_TYPE = "llm2clip_llava_vision_tower"
 
 # Fields that change the network's structure or numerics (as opposed to provenance/preprocessing).
@@ -27,8 +29,9 @@ STRUCTURAL_FIELDS = (
 
 @dataclass
 class VisionTowerConfig:
-    """Everything needed to build a tower. `arch` is `eva02` (timm `Eva`, LLM2CLIP/EVA-CLIP layout) or `clip`
-    (transformers `CLIPVisionModel`)."""
+    """Everything needed to build a tower. `arch` names a registered tower (`vision_tower.registry.TOWERS`:
+    `eva02` = timm `Eva` in the LLM2CLIP/EVA-CLIP layout, `clip` = transformers `CLIPVisionModel`, ...);
+    fields an architecture does not use are ignored by it."""
 
     arch: str = "eva02"
     name: str | None = None
@@ -113,42 +116,8 @@ class VisionTowerConfig:
         return {k: getattr(self, k) for k in STRUCTURAL_FIELDS}
 
 
-def _eva(name: str, *, hub_id=None, hub_filename=None, source=None, **sizes) -> VisionTowerConfig:
-    return VisionTowerConfig(arch="eva02", name=name, hub_id=hub_id, hub_filename=hub_filename, source=source, **sizes)
-
-
-_EVA_SRC = "microsoft/LLM2CLIP llm2clip/eva_clip/model_configs/{}.json"
-
-PRESETS: dict[str, VisionTowerConfig] = {
-    "llm2clip-eva02-l-14-336": _eva(
-        "llm2clip-eva02-l-14-336",
-        hub_id="microsoft/LLM2CLIP-EVA02-L-14-336",
-        hub_filename="LLM2CLIP-EVA02-L-14-336.pt",
-        source=_EVA_SRC.format("EVA02-CLIP-L-14-336"),
-    ),
-    "llm2clip-eva02-l-14-224": _eva(
-        "llm2clip-eva02-l-14-224", image_size=224, source=_EVA_SRC.format("EVA02-CLIP-L-14"),
-    ),
-    "llm2clip-eva02-b-16": _eva(
-        "llm2clip-eva02-b-16", image_size=224, patch_size=16, hidden_size=768, num_layers=12, num_heads=12,
-        intermediate_size=2048, source=_EVA_SRC.format("EVA02-CLIP-B-16"),
-    ),
-    "openai-clip-vit-l-14-336": VisionTowerConfig(
-        arch="clip", name="openai-clip-vit-l-14-336", image_size=336, patch_size=14, hidden_size=1024,
-        num_layers=24, num_heads=16, intermediate_size=4096, layer_norm_eps=1e-5, rope=False,
-        hidden_act="quick_gelu", hub_id="openai/clip-vit-large-patch14-336",
-        source="transformers CLIPVisionModel (openai/clip-vit-large-patch14-336 config.json)",
-    ),
-    # Same CLIP ViT-L/14-336 structure, weights fine-tuned by LLM2CLIP. QuickGELU is assumed (OpenAI init; not
-    # verified for the fine-tune); an HF CLIP config.json next to the weights wins when no config= is passed.
-    "llm2clip-openai-l-14-336": VisionTowerConfig(
-        arch="clip", name="llm2clip-openai-l-14-336", image_size=336, patch_size=14, hidden_size=1024,
-        num_layers=24, num_heads=16, intermediate_size=4096, layer_norm_eps=1e-5, rope=False,
-        hidden_act="quick_gelu", hub_id="microsoft/LLM2CLIP-Openai-L-14-336",
-        source=_EVA_SRC.format("OpenaiCLIP-L-14-336"),
-    ),
-}
 DEFAULT_PRESET = "llm2clip-eva02-l-14-336"
+EVA_CLIP_CONFIG_SOURCE = "microsoft/LLM2CLIP llm2clip/eva_clip/model_configs/{}.json"
 
 # Every field EVA-CLIP's `CLIPVisionCfg` accepts (eva_clip/model.py); anything else is a typo or another format.
 _EVA_CLIP_VISION_KEYS = {

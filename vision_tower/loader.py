@@ -15,10 +15,10 @@ import torch
 
 from .base import CONFIG_NAME, VisionTower
 from .checkpoint import (
-    Canonical, VisionCheckpointError, VisionTowerLoadError, _is_rope_buffer, canonicalize, infer_structure,
-    read_weights,
+    Canonical, VisionCheckpointError, VisionTowerLoadError, canonicalize, infer_structure, read_weights,
 )
 from .config import CONFIG_MODEL_TYPE, DEFAULT_PRESET, PRESETS, VisionTowerConfig, config_from_dict, resolve_config
+from .registry import tower_class
 
 logger = logging.getLogger(__name__)
 
@@ -30,19 +30,11 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _PICKLE_EXT = (".pt", ".pth", ".bin", ".ckpt")
 
 
-def _tower_class(arch: str):
-    if arch == "eva02":
-        from .eva import EvaVisionTower
-        return EvaVisionTower
-    from .clip import ClipVisionTower
-    return ClipVisionTower
-
-
 def build_vision_tower(config=DEFAULT_PRESET, *, select_layer: int = -2, select_feature: str = "patch",
                        dtype: torch.dtype = torch.float32, device=None) -> VisionTower:
     """A randomly initialised, frozen tower (tests, quickstart, benchmarks); same classes as the loader."""
     cfg = resolve_config(config)
-    tower = _tower_class(cfg.arch)(cfg, select_layer=select_layer, select_feature=select_feature)
+    tower = tower_class(cfg.arch)(cfg, select_layer=select_layer, select_feature=select_feature)
     return tower.to(device=device, dtype=dtype).freeze()
 
 
@@ -77,12 +69,11 @@ def load_vision_tower(checkpoint=None, config=None, *, select_layer: int = -2, s
     if cfg.arch != canonical.arch:
         raise VisionCheckpointError(f"checkpoint holds a {canonical.arch} tower ({canonical.layout} layout) but the "
                                     f"config is arch {cfg.arch!r} ({cfg.name})")
-    cls = _tower_class(cfg.arch)
-    tower = cls(cfg, select_layer=select_layer, select_feature=select_feature, device="meta")
+    tower = tower_class(cfg.arch)(cfg, select_layer=select_layer, select_feature=select_feature, device="meta")
     tower.to_empty(device="cpu")
     tower.init_non_persistent_buffers()
     tower.load_canonical_state_dict(canonical.tensors)
-    _verify_rope(tower, canonical)
+    tower.check_checkpoint(canonical)
     return tower.to(device=device, dtype=dtype).freeze()
 
 
@@ -213,25 +204,3 @@ def match_preset(canonical: Canonical, origin="checkpoint") -> VisionTowerConfig
         chosen = chosen.replace(name=None, hub_id=None, hub_filename=None, source=None)
     logger.info("config for %s inferred from its shapes: %s", origin, chosen.name or "(unnamed) " + chosen.arch)
     return chosen
-
-
-def _verify_rope(tower: VisionTower, canonical: Canonical) -> None:
-    """RoPE tables a checkpoint carries must equal ours: a mismatch means a wrong grid/pt_hw_seq_len config."""
-    if not canonical.rope_tables or not hasattr(tower, "rope_tables"):
-        return
-    ours = tower.rope_tables()
-    if ours is None:
-        raise VisionCheckpointError("checkpoint has RoPE tables but the config has rope=False")
-    cos, sin = ours
-    for key, table in canonical.rope_tables.items():
-        if not _is_rope_buffer(key):
-            continue
-        expected = cos if key.endswith("cos") else sin
-        if tuple(table.shape) != tuple(expected.shape):
-            raise VisionCheckpointError(f"RoPE table {key} has shape {tuple(table.shape)}, the config gives "
-                                        f"{tuple(expected.shape)}: wrong image_size/patch_size/num_heads?")
-        err = (table.float() - expected).abs().max().item()
-        if err > 2e-3:  # fp16 checkpoints round these to ~5e-4
-            raise VisionCheckpointError(
-                f"RoPE table {key} differs from the config's by {err:.3g}: the checkpoint was made with another "
-                f"RoPE grid (config pt grid {tower.config.rope_pt_grid}, grid {tower.config.grid_size})")
