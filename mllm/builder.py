@@ -11,7 +11,7 @@ from projector import build_projector, load_projector
 from .config import LoraSpec, MLLMConfig, TowerSpec
 from .hub import load_tokenizer
 from .llm import apply_lora, enable_gradient_checkpointing, load_llm, resolve_dtype
-from .modeling import MLLM
+from .modeling import MLLM, image_tokens_per_image
 from .processor import MLLMProcessor
 
 logger = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ def build_model(
     if lora is not None:
         llm_model = apply_lora(llm_model, lora)
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(llm, revision=llm_revision)
-    processor = MLLMProcessor(tokenizer, image_processor_for(vision, image_aspect_ratio), vision.num_image_tokens,
+    processor = MLLMProcessor(tokenizer, image_processor_for(vision, image_aspect_ratio), image_tokens_per_image(vision, proj),
                               template=template, model_max_length=model_max_length)
     config = MLLMConfig(
         llm=str(llm),

@@ -29,6 +29,11 @@ class MLLMOutput:
     num_label_tokens: int = 0  # labelled positions that entered the loss (for exact gradient accumulation)
 
 
+def image_tokens_per_image(vision_tower: nn.Module, projector: nn.Module) -> int:
+    """LLM tokens per image: what the projector outputs for the tower's patch grid and kept prefix tokens."""
+    return projector.num_output_tokens(vision_tower.grid_size, vision_tower.feature_prefix_tokens)
+
+
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions count real tokens only, so left- or right-padded rows match their unpadded selves."""
     return (attention_mask.long().cumsum(-1) - 1).clamp_(min=0)
@@ -54,7 +59,8 @@ class MLLM(nn.Module):
 
     @property
     def num_image_tokens(self) -> int:
-        return self.vision_tower.num_image_tokens
+        """LLM tokens per image: the projector's output for the tower's patch grid (`projector.registry`)."""
+        return image_tokens_per_image(self.vision_tower, self.projector)
 
     def get_input_embeddings(self) -> nn.Module:
         return base_causal_lm(self.llm).get_input_embeddings()
@@ -91,7 +97,7 @@ class MLLM(nn.Module):
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.vision_tower.trainable):
             features = self.vision_tower(pixel_values)
         proj_dtype = next(self.projector.parameters(), features).dtype
-        return self.projector(features.to(proj_dtype))
+        return self.projector(features.to(proj_dtype), grid=self.vision_tower.grid_size)
 
     def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None) -> torch.Tensor:
         """Token embeddings with projected image features written into the placeholder positions."""

@@ -19,7 +19,7 @@ from .config import MLLMConfig
 from .containment import describe_reference
 from .errors import UserError
 from .llm import base_causal_lm, default_device, load_adapter, load_llm, load_merged_llm, resolve_dtype
-from .modeling import MLLM
+from .modeling import MLLM, image_tokens_per_image
 from .processor import MLLMProcessor
 
 logger = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ def load_model(
         dtype=compute_dtype,
     )
     processor = MLLMProcessor(
-        tokenizer, image_processor_for(tower, manifest.image_aspect_ratio), tower.num_image_tokens, manifest.image_token,
+        tokenizer, image_processor_for(tower, manifest.image_aspect_ratio), image_tokens_per_image(tower, proj), manifest.image_token,
         template=manifest.template, model_max_length=manifest.model_max_length,
     )
     if processor.image_token_id != manifest.image_token_id:

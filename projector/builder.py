@@ -1,13 +1,9 @@
-"""Projector types, built from their LLaVA names, and the stage-1 artifact (weights + small config).
-
-`mlp{N}x_gelu` follows LLaVA's `multimodal_projector/builder.py`: Linear(d_vision→d_llm), then
-(GELU, Linear(d_llm→d_llm)) × (N−1). Parameter names (`layers.0.weight`, `layers.2.weight`, …) keep LLaVA's
-`mm_projector.{0,2}` indices, so LLaVA's `mm_projector.bin` maps by stripping a prefix.
+"""The projector interface, building projectors by their registered type names, and the stage-1 artifact
+(weights + small config). The types themselves live in their own modules (`projector.registry.PROJECTORS`).
 """
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -15,9 +11,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .registry import projector_class
+
 PROJECTOR_CONFIG_NAME = "projector_config.json"
 PROJECTOR_WEIGHTS_NAME = "projector.safetensors"
-_MLP_RE = re.compile(r"^mlp(\d+)x_gelu$")
 
 
 class ProjectorMismatchError(ValueError):
@@ -41,46 +38,50 @@ class ProjectorConfig:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
-def _validate_type(projector_type: str) -> None:
-    if projector_type in ("linear", "identity") or _MLP_RE.match(projector_type):
-        if (m := _MLP_RE.match(projector_type)) and int(m.group(1)) < 1:
-            raise ValueError(f"projector type {projector_type!r}: depth must be >= 1")
-        return
-    raise ValueError(
-        f"unknown projector type {projector_type!r}; expected 'linear', 'identity' or 'mlp<N>x_gelu' (e.g. 'mlp2x_gelu')"
-    )
-
-
 class Projector(nn.Module):
-    """Vision features [..., in_features] → LLM embeddings [..., out_features]."""
+    """Vision features [B, prefix + H·W, in_features] → LLM embeddings [B, output_tokens, out_features].
 
-    def __init__(self, config: ProjectorConfig):
+    A subclass is one projector family, registered by a type-name pattern in `projector.registry.PROJECTORS`;
+    the integers of its name arrive as keyword `params`. It declares how many tokens it outputs for a tower's
+    patch grid (`output_tokens`) and what it cannot project (`check`); `forward` receives the grid too.
+    """
+
+    def __init__(self, config: ProjectorConfig, **params: int):
         super().__init__()
-        _validate_type(config.projector_type)
         self.config = config
-        kind, d_in, d_out = config.projector_type, config.in_features, config.out_features
-        if kind == "identity":
-            if d_in != d_out:
-                raise ValueError(f"identity projector needs in_features == out_features, got {d_in} and {d_out}")
-            modules: list[nn.Module] = [nn.Identity()]
-        elif kind == "linear":
-            modules = [nn.Linear(d_in, d_out)]
-        else:
-            depth = int(_MLP_RE.match(kind).group(1))
-            modules = [nn.Linear(d_in, d_out)]
-            for _ in range(depth - 1):
-                modules += [nn.GELU(), nn.Linear(d_out, d_out)]
-        self.layers = nn.Sequential(*modules)
+        self.params = params
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.layers(features)
+    @classmethod
+    def output_tokens(cls, grid: tuple[int, int], prefix_tokens: int, **params: int) -> int:
+        """LLM tokens per image for features of `prefix_tokens` + a `grid` (rows, cols) of patches."""
+        return prefix_tokens + grid[0] * grid[1]
+
+    @classmethod
+    def check(cls, grid: tuple[int, int], prefix_tokens: int, **params: int) -> None:
+        """Raise `ValueError` if features of this geometry cannot be projected (called before any weights load)."""
+
+    def num_output_tokens(self, grid: tuple[int, int], prefix_tokens: int = 0) -> int:
+        return type(self).output_tokens(tuple(grid), prefix_tokens, **self.params)
+
+    @property
+    def output_width(self) -> int:
+        return self.config.out_features
+
+    def forward(self, features: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def projector_from_config(config: ProjectorConfig) -> Projector:
+    """A freshly initialised projector of the registered class for `config.projector_type`."""
+    cls, params = projector_class(config.projector_type)
+    return cls(config, **params)
 
 
 def build_projector(
     projector_type: str = "mlp2x_gelu", in_features: int = 1024, out_features: int = 4096, *, tower: str | None = None, **extra
 ) -> Projector:
-    """Build a freshly initialised projector from its name (`linear`, `identity`, `mlp{N}x_gelu`)."""
-    return Projector(ProjectorConfig(projector_type, in_features, out_features, tower, dict(extra)))
+    """Build a freshly initialised projector from its registered name (`linear`, `identity`, `mlp{N}x_gelu`, ...)."""
+    return projector_from_config(ProjectorConfig(projector_type, in_features, out_features, tower, dict(extra)))
 
 
 def save_projector(projector: Projector, directory: str | Path) -> Path:
@@ -119,7 +120,10 @@ def load_projector(
         problems.append(f"trained with tower {config.tower!r}, but the model uses tower {expected_tower!r}")
     if problems:
         raise ProjectorMismatchError(f"projector at {directory} does not fit: " + "; ".join(problems))
-    projector = Projector(config)
+    try:
+        projector = projector_from_config(config)
+    except ValueError as exc:
+        raise ProjectorMismatchError(f"projector at {directory}: {exc}") from exc
     state = load_file(str(weights_path))
     try:
         result = projector.load_state_dict(state, strict=False)

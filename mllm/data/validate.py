@@ -29,7 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--template", default="vicuna_v1", choices=sorted(TEMPLATES))
     p.add_argument("--max-length", type=int, default=2048, help="model_max_length after image expansion (default 2048)")
     p.add_argument("--num-image-tokens", type=int, default=576, help="placeholders per image (default 576)")
-    p.add_argument("--tower", default=None, help="vision tower preset; sets --num-image-tokens from its patch grid")
+    p.add_argument("--tower", default=None, help="vision tower preset; sets --num-image-tokens from its patch grid "
+                   "and --projector-type")
+    p.add_argument("--projector-type", default="mlp2x_gelu",
+                   help="projector type that turns the --tower grid into LLM tokens (default mlp2x_gelu)")
     p.add_argument("--strict", action="store_true", help="stop at the first problem and exit 1")
     p.add_argument("--limit", type=int, default=None, help="only the first N records")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
@@ -138,13 +141,16 @@ def format_report(result: dict) -> str:
 def _num_image_tokens(args) -> int:
     if args.tower is None:
         return args.num_image_tokens
+    from projector.registry import image_token_count
     from vision_tower.config import PRESETS
 
-    return PRESETS[args.tower].grid_size ** 2
+    grid = PRESETS[args.tower].grid_size
+    return image_token_count(args.projector_type, (grid, grid))
 
 
 def check_options(args) -> None:
     """Paths and values, checked before the tokenizer loads or any record is read (`UserError`: one line, exit 2)."""
+    from projector.registry import UnknownProjectorError, projector_class
     from vision_tower.config import PRESETS
 
     from .. import checks
@@ -154,6 +160,10 @@ def check_options(args) -> None:
         checks.existing_dir(args.image_folder, "--image-folder")
     if args.tower is not None and args.tower not in PRESETS:
         raise checks.OptionError(f"unknown --tower preset {args.tower!r}; known: {', '.join(PRESETS)}")
+    try:
+        projector_class(args.projector_type)
+    except UnknownProjectorError as exc:
+        raise checks.OptionError(f"--projector-type: {exc}") from exc
     checks.at_least("--max-length", args.max_length, 1)
     checks.at_least("--num-image-tokens", args.num_image_tokens, 1)
     checks.at_least("--limit", args.limit, 1)
