@@ -1,6 +1,7 @@
-"""Assemble a fresh model for training: LLM (any precision, optionally LoRA) + vision tower + projector."""
+"""Assemble a fresh model from its `ModelSpec`: LLM (any precision, optionally LoRA) + vision tower + projector."""
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 
@@ -8,11 +9,12 @@ import torch
 
 from projector import build_projector, load_projector
 
-from .config import LoraSpec, MLLMConfig, TowerSpec
+from .config import MLLMConfig, ModelSpec, TowerSpec
 from .hub import load_tokenizer
 from .llm import apply_lora, enable_gradient_checkpointing, load_llm, resolve_dtype
 from .modeling import MLLM, image_tokens_per_image
 from .processor import MLLMProcessor
+from .validation import validate_spec
 
 logger = logging.getLogger(__name__)
 
@@ -60,67 +62,61 @@ def configure_trainable(
 
 
 def build_model(
-    llm: str,
+    spec: ModelSpec | str | Path,
     *,
-    tower: TowerSpec | str | None = None,
     tokenizer=None,
-    projector_type: str = "mlp2x_gelu",
     projector_path: str | Path | None = None,
-    template: str = "vicuna_v1",
-    image_aspect_ratio: str = "pad",
-    model_max_length: int = 2048,
-    quantization: str | None = None,
     dtype: str | torch.dtype | None = None,
     device_map=None,
-    lora: LoraSpec | None = None,
     train_llm: bool = False,
     train_projector: bool = True,
     unfreeze_tower_blocks: int = 0,
     gradient_checkpointing: bool = False,
     quant_storage: torch.dtype | None = None,
-    llm_revision: str | None = None,
+    **spec_fields,
 ) -> tuple[MLLM, MLLMProcessor]:
     """Build tower → projector → LLM for training or a first evaluation.
 
-    `llm` is a hub id or local path (`llm_revision` pins its hub branch/tag/commit, for the LLM and its
-    tokenizer); `tower` a `TowerSpec` (its `revision` pins the tower's) or preset name (default: LLM2CLIP
-    EVA02-L-14-336); `projector_path` initialises the projector from a stage-1 artifact (dims and tower are
-    checked). Both revisions are recorded in the manifest and used again when it is loaded.
+    `spec` is the `ModelSpec` to build (checked by `validate_spec` before any weights load). Keyword form:
+    `build_model("lmsys/vicuna-7b-v1.5", tower="llm2clip-eva02-l-14-336", lora=LoraSpec(...))` builds
+    `ModelSpec(llm, **spec_fields)`. The other arguments say how, not what: `tokenizer` replaces the LLM's own,
+    `projector_path` initialises the projector from a stage-1 artifact (dims and tower are checked), and
+    `train_*`/`unfreeze_tower_blocks` choose what gets gradients. The spec's `llm_revision` and
+    `tower.revision` pin hub branches/tags/commits (the LLM's also for its tokenizer); both are recorded in the
+    manifest and used again when it is loaded.
     """
-    if isinstance(tower, str) or tower is None:
-        tower = TowerSpec(config=tower or "llm2clip-eva02-l-14-336", name=tower or "llm2clip-eva02-l-14-336")
+    if isinstance(spec, ModelSpec):
+        if spec_fields:
+            raise TypeError(f"build_model(spec, ...) takes the model description from the spec; got {sorted(spec_fields)}")
+        spec = spec.spec if isinstance(spec, MLLMConfig) else copy.deepcopy(spec)
+    else:
+        spec = ModelSpec(llm=str(spec), **spec_fields)
+    validate_spec(spec, train_llm=train_llm, unfreeze_tower_blocks=unfreeze_tower_blocks)
     compute_dtype = resolve_dtype(dtype)
-    llm_model = load_llm(llm, quantization=quantization, dtype=compute_dtype, device_map=device_map,
-                         quant_storage=quant_storage, revision=llm_revision)
-    vision = load_tower(tower, dtype=compute_dtype)
-    tower.name = tower.name or tower_name(vision)
+    llm_model = load_llm(spec.llm, quantization=spec.quantization, dtype=compute_dtype, device_map=device_map,
+                         quant_storage=quant_storage, revision=spec.llm_revision)
+    vision = load_tower(spec.tower, dtype=compute_dtype)
+    spec.tower.name = spec.tower.name or tower_name(vision)
     d_llm = llm_model.get_input_embeddings().embedding_dim  # also under ZeRO-3, whose weights are partitioned at load
     if projector_path is not None:
-        proj = load_projector(
-            projector_path, expected_in_features=vision.hidden_size, expected_out_features=d_llm, expected_tower=tower.name
-        )
+        proj = load_projector(projector_path, expected_in_features=vision.hidden_size, expected_out_features=d_llm,
+                              expected_tower=spec.tower.name)
+        if proj.config.projector_type != spec.projector_type:
+            logger.warning("projector_type %r replaced by the stage-1 projector's type %r (%s)", spec.projector_type,
+                           proj.config.projector_type, projector_path)
+        spec.projector_type = proj.config.projector_type
     else:
-        proj = build_projector(projector_type, vision.hidden_size, d_llm, tower=tower.name)
+        proj = build_projector(spec.projector_type, vision.hidden_size, d_llm, tower=spec.tower.name)
     proj.to(compute_dtype)
     if gradient_checkpointing:
         enable_gradient_checkpointing(llm_model)
-    if lora is not None:
-        llm_model = apply_lora(llm_model, lora)
-    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(llm, revision=llm_revision)
-    processor = MLLMProcessor(tokenizer, image_processor_for(vision, image_aspect_ratio), image_tokens_per_image(vision, proj),
-                              template=template, model_max_length=model_max_length)
-    config = MLLMConfig(
-        llm=str(llm),
-        llm_revision=llm_revision,
-        tower=tower,
-        projector_type=proj.config.projector_type,
-        template=template,
-        image_aspect_ratio=image_aspect_ratio,
-        image_token_id=processor.image_token_id,
-        model_max_length=model_max_length,
-        quantization=quantization,
-        lora=lora,
-    )
+    if spec.lora is not None:
+        llm_model = apply_lora(llm_model, spec.lora)
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(spec.llm, revision=spec.llm_revision)
+    processor = MLLMProcessor(tokenizer, image_processor_for(vision, spec.image_aspect_ratio),
+                              image_tokens_per_image(vision, proj), spec.image_token, template=spec.template,
+                              model_max_length=spec.model_max_length)
+    config = MLLMConfig.from_spec(spec, image_token_id=processor.image_token_id)
     model = MLLM(config, llm_model, vision, proj)
     model.place_vision_modules()
     configure_trainable(model, train_projector=train_projector, train_llm=train_llm, unfreeze_tower_blocks=unfreeze_tower_blocks)

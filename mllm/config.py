@@ -1,13 +1,18 @@
-"""The checkpoint manifest: everything needed to rebuild a model, chosen by content, never by folder name.
+"""The model description (`ModelSpec`) and the checkpoint manifest (`MLLMConfig` = the spec + provenance).
 
-A checkpoint directory holds `config.json` (this manifest) plus the parts it lists under `contents`:
+`ModelSpec` is the one description of a model: `build_model(spec)` builds it, `TrainConfig.model_spec()`
+derives it from the training flags, `load_model(dir)` returns it as `model.spec`, and the manifest stores it.
+What is loaded from a checkpoint is chosen by content, never by folder name.
+
+A checkpoint directory holds `config.json` (the manifest) plus the parts it lists under `contents`:
 `projector/` (always), `tokenizer/` (always), `adapter/` (peft LoRA), `llm/` (full LLM weights: full
 fine-tuning or a merge), `vision_tower/` (tower weights, when the tower was trained or has no hub source).
 """
 from __future__ import annotations
 
+import copy
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .containment import check_tree, resolve_inside
@@ -28,6 +33,10 @@ class MissingPartError(UserError, FileNotFoundError):
     """A part the manifest lists is not in the checkpoint directory."""
 
 
+class ModelSpecError(UserError, ValueError):
+    """A model description that cannot be built (found before any weights load; see `mllm.validation`)."""
+
+
 @dataclass
 class TowerSpec:
     """Where the vision tower comes from and which features the LLM sees."""
@@ -39,6 +48,14 @@ class TowerSpec:
     name: str | None = None  # human-readable tower name (preset), recorded in projector configs
     revision: str | None = None  # hub branch, tag or commit of `checkpoint` (a hub id); None: the default branch
 
+    @classmethod
+    def from_preset(cls, preset: str, **changes) -> "TowerSpec":
+        """The tower of a preset: its hub checkpoint (None when it names none), its config and its name."""
+        from vision_tower.config import PRESETS
+
+        checkpoint = PRESETS[preset].hub_id if preset in PRESETS else cls.checkpoint
+        return cls(**{"checkpoint": checkpoint, "config": preset, "name": preset, **changes})
+
 
 @dataclass
 class LoraSpec:
@@ -49,28 +66,50 @@ class LoraSpec:
 
 
 @dataclass
-class MLLMConfig:
+class ModelSpec:
+    """What a model is: base LLM, vision tower, projector, conversation template, image mode, maximum length,
+    how the LLM is loaded (quantization) and its LoRA. Everything `build_model` needs, nothing about where a
+    trained copy lives (that is the manifest's provenance). `tower` accepts a preset name (None: the default
+    preset) or a dict, `lora` a dict. Checked as a whole, cheaply, by `mllm.validation.validate_spec`."""
+
     llm: str  # base LLM: hub id, absolute path, or a path relative to the checkpoint directory
     llm_revision: str | None = None  # hub branch, tag or commit of `llm`; None: the default branch
-    tower: TowerSpec = field(default_factory=TowerSpec)
+    tower: TowerSpec | None = None
     projector_type: str = "mlp2x_gelu"
     template: str = "vicuna_v1"
     image_aspect_ratio: str = "pad"  # image preprocessing mode: pad | crop | resize
     image_token: str = "<image>"
-    image_token_id: int | None = None  # set once the tokenizer knows the token
     model_max_length: int = 2048
-    quantization: str | None = None  # how the LLM was loaded for training: "4bit" | "8bit" | None
+    quantization: str | None = None  # how the LLM is loaded: "4bit" | "8bit" | None
     lora: LoraSpec | None = None
+
+    def __post_init__(self):
+        if self.tower is None or isinstance(self.tower, str):
+            from vision_tower.config import DEFAULT_PRESET
+
+            self.tower = TowerSpec.from_preset(self.tower or DEFAULT_PRESET)
+        elif isinstance(self.tower, dict):
+            self.tower = TowerSpec(**self.tower)
+        if isinstance(self.lora, dict):
+            self.lora = LoraSpec(**self.lora)
+
+
+@dataclass
+class MLLMConfig(ModelSpec):
+    """The checkpoint manifest: a `ModelSpec` plus provenance (token id, saved parts, training record, format)."""
+
+    image_token_id: int | None = None  # set once the tokenizer knows the token
     contents: dict = field(default_factory=lambda: {"projector": "projector", "tokenizer": "tokenizer"})
     extra: dict = field(default_factory=dict)  # provenance: stage, steps, data, versions ...
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self):
-        if isinstance(self.tower, dict):
-            self.tower = TowerSpec(**self.tower)
-        if isinstance(self.lora, dict):
-            self.lora = LoraSpec(**self.lora)
+        if self.tower is None:
+            self.tower = TowerSpec()
+        elif not isinstance(self.tower, (TowerSpec, dict)):  # a manifest names its tower in full, never a preset
+            raise ManifestError(f"manifest tower must be an object, got {type(self.tower).__name__}")
+        super().__post_init__()
         if not isinstance(self.tower, TowerSpec) or not isinstance(self.lora, (LoraSpec, type(None))):
             raise ManifestError(f"manifest tower must be an object (and lora an object or null), got "
                                 f"{type(self.tower).__name__} / {type(self.lora).__name__}")
@@ -78,6 +117,15 @@ class MLLMConfig:
             raise ManifestError(f"quantization must be one of {QUANTIZATIONS} or null, got {self.quantization!r}")
         if self.image_aspect_ratio not in ("pad", "crop", "resize"):
             raise ManifestError(f"image_aspect_ratio must be pad, crop or resize, got {self.image_aspect_ratio!r}")
+
+    @property
+    def spec(self) -> ModelSpec:
+        """The manifest without its provenance: an independent `ModelSpec` (`build_model(spec)` rebuilds it)."""
+        return ModelSpec(**{f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(ModelSpec)})
+
+    @classmethod
+    def from_spec(cls, spec: ModelSpec, **provenance) -> "MLLMConfig":
+        return cls(**{f.name: copy.deepcopy(getattr(spec, f.name)) for f in fields(ModelSpec)}, **provenance)
 
     def to_dict(self) -> dict:
         return asdict(self)

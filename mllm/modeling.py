@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import MLLMConfig
+from .config import MLLMConfig, ModelSpec
 from .constants import IGNORE_INDEX
 from .llm import base_causal_lm, input_device
 
@@ -53,6 +53,11 @@ class MLLM(nn.Module):
         self.image_token_id = config.image_token_id
 
     # ------------------------------------------------------------------ parts
+    @property
+    def spec(self) -> ModelSpec:
+        """What this model is (`ModelSpec`: the manifest without provenance); `build_model(model.spec)` rebuilds it."""
+        return self.config.spec
+
     @property
     def device(self) -> torch.device:
         return input_device(self.llm)

@@ -111,7 +111,9 @@ def load_model(
     trainable: bool = False,
     merge_on_load: bool = False,
 ) -> tuple[MLLM, MLLMProcessor]:
-    """Load any checkpoint directory this package wrote.
+    """Load any checkpoint directory this package wrote (manifest `format_version` <= 1).
+
+    Returns `(model, processor)`; `model.spec` is the checkpoint's `ModelSpec` and `model.config` its manifest.
 
     `quantization="auto"` loads the LLM as it was trained (a QLoRA adapter on its 4-bit base) when
     bitsandbytes is available; `None`/"none", "4bit" or "8bit" override. Everything goes to `device`, by

@@ -85,12 +85,37 @@ def locate_checkpoint(checkpoint, hint: VisionTowerConfig | None = None, revisio
         return [path], None, False
     if os.path.isdir(path):
         return _files_in_dir(path)
-    if _HUB_ID.match(path) and not path.startswith("."):
+    if is_hub_id(path):
         return _files_in_dir(_download(path, hint, revision))
     raise VisionTowerLoadError(f"checkpoint {path!r} is not an existing file or directory, nor a hub id (owner/name)")
 
 
-def _files_in_dir(directory: str) -> tuple[list[str], VisionTowerConfig | None, bool]:
+def is_hub_id(text: str) -> bool:
+    """Whether `text` has the shape of a Hugging Face Hub repository id (owner/name)."""
+    return bool(_HUB_ID.match(text)) and not text.startswith(".")
+
+
+def declared_config(checkpoint=None, config=None) -> VisionTowerConfig | None:
+    """The config `load_vision_tower(checkpoint, config)` will use, when knowable without reading weights or the
+    network: the given config, the config saved in a checkpoint directory, or the preset of a hub id (None
+    otherwise, e.g. a single weight file whose sizes only the weights tell). Raises what the load would."""
+    if config is not None:
+        return resolve_config(config)
+    if checkpoint is None:
+        return PRESETS[DEFAULT_PRESET]
+    path = os.fspath(checkpoint)
+    if os.path.isdir(path):
+        return _dir_config(path)[0]
+    if not os.path.exists(path):
+        if not is_hub_id(path):
+            raise VisionTowerLoadError(f"checkpoint {path!r} is not an existing file or directory, nor a hub id "
+                                       f"(owner/name)")
+        return _preset_for_hub_id(path)
+    return None
+
+
+def _dir_config(directory: str) -> tuple[VisionTowerConfig | None, bool]:
+    """(config.json of a checkpoint directory if this loader reads it, whether it is our own format)."""
     dir_config, ours = None, False
     cfg_path = os.path.join(directory, CONFIG_NAME)
     if os.path.isfile(cfg_path):
@@ -106,6 +131,11 @@ def _files_in_dir(directory: str) -> tuple[list[str], VisionTowerConfig | None, 
             if ours:
                 raise
             logger.info("ignoring %s (not a tower config this loader reads): %s", cfg_path, exc)
+    return dir_config, ours
+
+
+def _files_in_dir(directory: str) -> tuple[list[str], VisionTowerConfig | None, bool]:
+    dir_config, ours = _dir_config(directory)
     safetensors = sorted(glob.glob(os.path.join(directory, "*.safetensors")))
     pickles = sorted(p for p in glob.glob(os.path.join(directory, "*")) if p.endswith(_PICKLE_EXT))
     torch_pt = [p for p in pickles if p.endswith((".pt", ".pth"))]

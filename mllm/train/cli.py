@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     stage, rest = argv[0], argv[1:]
     preset, description = STAGES[stage]
-    parser = build_parser(f"llm2clip-llava {stage}", description + " Every field below overrides the preset.")
+    parser = build_parser(f"llm2clip-llava {stage}", description + " Every field below overrides the preset.",
+                          default_preset=preset)
     args = parser.parse_args(rest)
     try:
         config = resolve_config(stage, args, preset)

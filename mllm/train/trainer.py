@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 
 from ..builder import build_model, load_tokenizer
-from ..config import LoraSpec, TowerSpec
 from ..constants import IGNORE_INDEX
 from ..llm import resolve_dtype
 from ..serialization import save_pretrained
+from ..validation import validate_spec
 from .checkpointing import (
     SHARDED_STATE_DIR,
     CheckpointWriter,
@@ -118,6 +118,8 @@ def train(config: TrainConfig, checked: Preflight | None = None) -> Path:
     mode = config.resolved_mode(on_cuda)
     compute_dtype = resolve_dtype(config.dtype)
     plan = plan_setup(mode, compute_dtype)
+    spec = config.model_spec(mode, plan.quantization)
+    validate_spec(spec, train_llm=mode == "full", unfreeze_tower_blocks=config.unfreeze_tower_blocks)  # before any load
     ga_steps = checked.gradient_accumulation_steps
     enable_tf32(config.tf32, on_cuda)
     accelerator = create_accelerator(
@@ -144,22 +146,11 @@ def train(config: TrainConfig, checked: Preflight | None = None) -> Path:
     torch.manual_seed(config.seed)  # identical initialisation of new weights on every rank
 
     model, processor = build_model(
-        config.llm,
-        tower=TowerSpec(checkpoint=config.tower_checkpoint, config=config.tower, select_layer=config.select_layer,
-                        select_feature=config.select_feature, name=config.tower,  # name None: the tower's own
-                        revision=config.tower_revision),
-        llm_revision=config.llm_revision,
+        spec,
         tokenizer=None if config.tokenizer is None else load_tokenizer(config.tokenizer),
-        projector_type=config.projector_type,
         projector_path=_projector_path(config.pretrained_projector),
-        template=config.template,
-        image_aspect_ratio=config.image_aspect_ratio,
-        model_max_length=config.model_max_length,
-        quantization=plan.quantization,
         dtype=compute_dtype,
         device_map=plan.device_map,
-        lora=LoraSpec(config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules)
-        if mode in ("qlora", "lora") else None,
         train_llm=mode == "full",
         train_projector=True,
         unfreeze_tower_blocks=config.unfreeze_tower_blocks,

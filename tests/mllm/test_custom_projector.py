@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mllm import load_model, save_pretrained
+from mllm import ModelSpec, ModelSpecError, TowerSpec, load_model, save_pretrained
+from mllm.validation import validate_spec
 from projector import PROJECTORS, Projector, check_projector, image_token_count
 
 
@@ -71,7 +72,18 @@ def test_model_trains_and_round_trips_with_fewer_image_tokens(avgpool_registered
         logits = model(**batch, return_logits=True).logits
     save_pretrained(model, processor, tmp_path / "ckpt")
     loaded, loaded_processor = load_model(tmp_path / "ckpt")
-    assert loaded.config.projector_type == "avgpool2_linear" and loaded_processor.num_image_tokens == 1
+    assert loaded.spec.projector_type == "avgpool2_linear" and loaded_processor.num_image_tokens == 1
     with torch.no_grad():
         again = loaded(**batch, return_logits=True).logits
     torch.testing.assert_close(again, logits, rtol=0, atol=0)
+
+
+def test_spec_validation_checks_the_projector_against_the_tower_grid(avgpool_registered, tiny_llm_dirs, tiny_tower_dir):
+    def spec(projector_type):
+        return ModelSpec(llm=str(tiny_llm_dirs("llama")), projector_type=projector_type,
+                         tower=TowerSpec(checkpoint=str(tiny_tower_dir), config=None))
+
+    validate_spec(spec("avgpool2_linear"))  # the tiny tower's 2x2 grid
+    with pytest.raises(ModelSpecError, match=r"projector_type 'avgpool3_linear' cannot project tower tiny-eva02-28-14 "
+                                             r"\(2x2 grid\): avgpool3: k=3 must divide the tower grid 2x2"):
+        validate_spec(spec("avgpool3_linear"))
