@@ -81,6 +81,9 @@ def _tower_problems(spec: ModelSpec, unfreeze_tower_blocks: int) -> list[str]:
         problems.append(f"select_feature must be one of {', '.join(SELECT_FEATURES)}, got {tower.select_feature!r}")
     if config is None:  # only the weights tell the tower's sizes: the loaders check the rest
         return problems
+    if tower.checkpoint is None and not config.hub_id:
+        problems.append(f"tower {config.name or config.arch} names no hub checkpoint: set the tower checkpoint "
+                        f"(a file or directory of its weights)")
     name = config.name or config.arch
     depth, prefix = config.num_layers, tower_class(config.arch).num_prefix_tokens
     layer = tower.select_layer

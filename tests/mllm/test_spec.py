@@ -83,6 +83,8 @@ def _spec(tiny_llm_dirs, tiny_tower_dir, **changes) -> ModelSpec:
     ({"tower": {"config": {"arch": "vit", "image_size": 28}}}, {}, "tower: .*arch must be one of"),
     ({"tower": {"config": "no-such-preset"}}, {}, "tower: config 'no-such-preset' is neither a preset"),
     ({"tower": {"checkpoint": "missing/dir/tower"}}, {}, "tower checkpoint 'missing/dir/tower' is not an existing"),
+    ({"tower": {"checkpoint": None, "config": "llm2clip-eva02-l-14-224"}}, {},
+     "tower llm2clip-eva02-l-14-224 names no hub checkpoint: set the tower checkpoint"),
     ({"llm": "./no-llm-here"}, {}, "llm './no-llm-here' is not an existing file or directory, nor a hub id"),
     ({"projector_type": "conv"}, {}, "unknown projector type 'conv'; registered: linear"),
     ({"template": "llava_v9"}, {}, "template 'llava_v9' is unknown"),
