@@ -14,6 +14,7 @@ from collections.abc import Iterator, Mapping
 TOWERS: dict[str, str] = {
     "eva02": "vision_tower.eva:EvaVisionTower",
     "clip": "vision_tower.clip:ClipVisionTower",
+    "siglip": "vision_tower.siglip:SiglipVisionTower",
 }
 ARCHS = tuple(TOWERS)
 

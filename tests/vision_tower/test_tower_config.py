@@ -25,7 +25,7 @@ def test_default_preset_is_llm2clip_eva02_l14_336():
     assert PRESETS["openai-clip-vit-l-14-336"].hub_id == "openai/clip-vit-large-patch14-336"
     assert PRESETS["llm2clip-openai-l-14-336"].hub_id == "microsoft/LLM2CLIP-Openai-L-14-336"
     assert set(PRESETS) == {"llm2clip-eva02-l-14-336", "llm2clip-eva02-l-14-224", "llm2clip-eva02-b-16",
-                            "openai-clip-vit-l-14-336", "llm2clip-openai-l-14-336"}
+                            "openai-clip-vit-l-14-336", "llm2clip-openai-l-14-336", "llm2clip-siglip2-so400m-14-224"}
 
 
 def test_presets_equal_their_eva_clip_model_configs():
