@@ -1,5 +1,6 @@
-"""Vision towers for llm2clip-llava: the LLM2CLIP EVA02 encoder (timm `Eva`) and OpenAI CLIP (transformers),
-checkpoint loading for every layout they ship in, and image loading/preprocessing."""
+"""Vision towers for llm2clip-llava: a registry of architectures (`registry.TOWERS`: the LLM2CLIP EVA02 encoder on
+timm `Eva`, OpenAI CLIP on transformers, LLM2CLIP's SigLIP2 So400m on timm `VisionTransformer`), checkpoint
+loading for every layout they ship in, and image loading/preprocessing."""
 from .base import VisionTower
 from .checkpoint import VisionCheckpointError, VisionTowerLoadError
 from .config import PRESETS, VisionTowerConfig, from_eva_clip_vision_cfg, from_hf_clip_config
