@@ -7,6 +7,10 @@ depth, the LLM's width) is still checked by the loaders.
 from __future__ import annotations
 
 import os
+from pathlib import Path
+
+import huggingface_hub.constants as hub_constants
+from huggingface_hub.file_download import repo_folder_name
 
 from projector.registry import UnknownProjectorError, check_projector, projector_class
 from vision_tower.base import SELECT_FEATURES
@@ -107,13 +111,23 @@ def _tower_problems(spec: ModelSpec, unfreeze_tower_blocks: int) -> list[str]:
 
 
 def _source_problems(what: str, source) -> list[str]:
-    """A model source must be an existing path or have the shape of a hub id."""
+    """A model source must be an existing path or a hub id (offline: one already in the local hub cache)."""
     text = os.fspath(source) if source is not None else ""
     if not text:
         return [f"{what} is not set"]
-    if os.path.exists(text) or is_hub_id(text):
+    if os.path.exists(text):
         return []
-    return [f"{what} {text!r} is not an existing file or directory, nor a hub id (owner/name)"]
+    if not is_hub_id(text):
+        return [f"{what} {text!r} is not an existing file or directory, nor a hub id (owner/name)"]
+    if hub_constants.HF_HUB_OFFLINE and not _in_hub_cache(text):
+        return [f"{what} {text!r} is a hub id that is not in the local cache ({hub_constants.HF_HUB_CACHE}) and "
+                f"HF_HUB_OFFLINE is set: download it first or pass a local path"]
+    return []
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    snapshots = Path(hub_constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model") / "snapshots"
+    return snapshots.is_dir() and any(snapshots.iterdir())
 
 
 def _positive_int(value) -> bool:

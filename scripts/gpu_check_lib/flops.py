@@ -109,7 +109,7 @@ def count_tower(tower) -> TowerCounts:
     patch = sum(m.weight.numel() for m in tower.modules()
                 if isinstance(m, (nn.Conv2d, nn.Linear)) and id(m) not in in_blocks)
     return TowerCounts(blocks=blocks, patch_embed=patch, layers=run, width=tower.hidden_size,
-                       tokens=tower.num_patches + 1, patches=tower.num_patches)
+                       tokens=tower.num_patches + tower.num_prefix_tokens, patches=tower.num_patches)
 
 
 def causal_attention_forward(layers: int, attn_dim: int, seq_lens: list[int]) -> int:

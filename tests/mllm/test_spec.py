@@ -111,5 +111,20 @@ def test_every_problem_is_named_at_once(tiny_llm_dirs, tiny_tower_dir):
 
 def test_valid_specs_pass(tiny_llm_dirs, tiny_tower_dir):
     validate_spec(_spec(tiny_llm_dirs, tiny_tower_dir, lora=LoraSpec(r=4, alpha=8), quantization="4bit"))
-    validate_spec(ModelSpec(llm="lmsys/vicuna-7b-v1.5"))  # hub ids and the default preset need no network here
-    validate_spec(ModelSpec(llm="lmsys/vicuna-7b-v1.5", tower="openai-clip-vit-l-14-336"), unfreeze_tower_blocks=23)
+
+
+def test_hub_ids_offline_must_be_cached(monkeypatch, tmp_path):
+    import huggingface_hub.constants as hc
+
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    spec = ModelSpec(llm="lmsys/vicuna-7b-v1.5", tower="openai-clip-vit-l-14-336")
+    with pytest.raises(ModelSpecError, match=r"llm 'lmsys/vicuna-7b-v1.5' is a hub id that is not in the local cache "
+                                             r".*; tower checkpoint 'openai/clip-vit-large-patch14-336' is a hub id"):
+        validate_spec(spec)
+    for repo in ("lmsys/vicuna-7b-v1.5", "openai/clip-vit-large-patch14-336"):
+        snapshot = tmp_path / ("models--" + repo.replace("/", "--")) / "snapshots" / "abc"
+        snapshot.mkdir(parents=True)
+    validate_spec(spec, unfreeze_tower_blocks=23)  # cached: fine offline (the tower preset knows its depth)
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", False)
+    validate_spec(ModelSpec(llm="someone/not-cached"))  # online: a hub id is only checked for its shape

@@ -90,9 +90,9 @@ def test_spec_validation_knows_the_tower_has_no_cls_token(tmp_path):
 
     (tmp_path / "siglip2.pt").write_bytes(b"")  # validation reads no weights: only the path must exist
     tower = TowerSpec.from_preset("llm2clip-siglip2-so400m-14-224", checkpoint=str(tmp_path / "siglip2.pt"))
-    validate_spec(ModelSpec(llm="lmsys/vicuna-7b-v1.5", tower=tower), unfreeze_tower_blocks=26)
+    validate_spec(ModelSpec(llm=str(tmp_path), tower=tower), unfreeze_tower_blocks=26)
     bad = TowerSpec.from_preset("llm2clip-siglip2-so400m-14-224", checkpoint=str(tmp_path / "siglip2.pt"),
                                 select_feature="cls_patch", select_layer=28)
     with pytest.raises(ModelSpecError, match=r"select_layer 28 is out of range for tower llm2clip-siglip2-so400m-14-224 "
                                              r"\(27 blocks: -28..27\); select_feature 'cls_patch' needs a CLS token"):
-        validate_spec(ModelSpec(llm="lmsys/vicuna-7b-v1.5", tower=bad))
+        validate_spec(ModelSpec(llm=str(tmp_path), tower=bad))
