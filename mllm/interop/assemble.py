@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from projector import Projector
-from projector.builder import ProjectorConfig
+from projector.builder import ProjectorConfig, projector_from_config
 
 from .source import InteropError, describe_keys
 
@@ -75,7 +75,7 @@ def build_projector(projector_type: str, state: dict[str, torch.Tensor], in_feat
     """Our projector of `projector_type` holding `state` (our names: layers.0.weight, layers.2.weight, ...);
     `source_name` maps our names back to the checkpoint's for error messages."""
     try:
-        projector = Projector(ProjectorConfig(projector_type, in_features, out_features, tower_name))
+        projector = projector_from_config(ProjectorConfig(projector_type, in_features, out_features, tower_name))
     except ValueError as exc:
         raise InteropError(f"{what}: {exc}") from exc
     expected = projector.state_dict()

@@ -21,6 +21,7 @@ import torch
 
 from ..config import MLLMConfig
 from ..llm import DTYPES, base_causal_lm, stop_token_ids
+from ..modeling import image_tokens_per_image
 from .hf_processor import (
     TEMPLATES,
     adjust_tokenizer,
@@ -110,7 +111,7 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, *, format: str
     summary = [
         f"format: llava-hf (LlavaForConditionalGeneration), {dtype}",
         (f"vision tower: {tower.config.name} -> vision_feature_layer {tower.select_layer}, strategy "
-         f"{model.config.vision_feature_select_strategy}, {tower.num_image_tokens} image tokens"),
+         f"{model.config.vision_feature_select_strategy}, {image_tokens_per_image(tower, projector)} image tokens"),
         f"vocabulary: {model.config.text_config.vocab_size} rows, <image> = {model.config.image_token_id}",
         f"processor: LlavaImageProcessor ({manifest.image_aspect_ratio}), chat template {manifest.template}",
     ]
@@ -156,7 +157,7 @@ def build_llava(llm, tower, projector, image_token_id: int, tokenizer_size: int,
     vision_config = hf_clip_vision_config(tower.config)
     config = LlavaConfig(
         vision_config=vision_config, text_config=text_config, image_token_index=image_token_id,
-        image_seq_length=tower.num_image_tokens, projector_hidden_act="gelu",
+        image_seq_length=image_tokens_per_image(tower, projector), projector_hidden_act="gelu",
         vision_feature_select_strategy="default" if tower.select_feature == "patch" else "full",
         vision_feature_layer=tower.select_layer, multimodal_projector_bias=True, tie_word_embeddings=tied,
     )
