@@ -13,16 +13,20 @@ from torch import nn
 from .builder import Projector, ProjectorConfig
 
 
+def mlp_gelu(d_in: int, d_out: int, depth: int) -> nn.Sequential:
+    """LLaVA's `mlp{depth}x_gelu` stack: Linear(d_in→d_out), then (GELU, Linear(d_out→d_out)) × (depth − 1)."""
+    modules: list[nn.Module] = [nn.Linear(d_in, d_out)]
+    for _ in range(depth - 1):
+        modules += [nn.GELU(), nn.Linear(d_out, d_out)]
+    return nn.Sequential(*modules)
+
+
 class MLPProjector(Projector):
     """Linear, then (GELU, Linear) × (depth − 1), applied to every feature token."""
 
     def __init__(self, config: ProjectorConfig, depth: int):
         super().__init__(config, depth=depth)
-        d_in, d_out = config.in_features, config.out_features
-        modules: list[nn.Module] = [nn.Linear(d_in, d_out)]
-        for _ in range(depth - 1):
-            modules += [nn.GELU(), nn.Linear(d_out, d_out)]
-        self.layers = nn.Sequential(*modules)
+        self.layers = mlp_gelu(config.in_features, config.out_features, depth)
 
     def forward(self, features: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
         return self.layers(features)

@@ -16,6 +16,8 @@ PROJECTORS: dict[str, str] = {
     "linear": "projector.mlp:LinearProjector",
     "mlp{depth}x_gelu": "projector.mlp:MLPProjector",
     "identity": "projector.identity:IdentityProjector",
+    "pixel_shuffle{k}_mlp{depth}x_gelu": "projector.pixel_shuffle:PixelShuffleMLPProjector",
+    "pixel_shuffle_mlp{depth}x_gelu": "projector.pixel_shuffle:PixelShuffleMLPProjector",  # k = 2
 }
 
 

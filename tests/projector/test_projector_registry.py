@@ -26,8 +26,9 @@ def test_unknown_types_are_refused_naming_the_registered_ones(bad, match):
         check_projector(bad, (24, 24))
 
 
-@pytest.mark.parametrize("kind", list(PROJECTORS))
+@pytest.mark.parametrize("kind", ["linear", "mlp{depth}x_gelu", "identity"])
 def test_token_preserving_types_count_one_token_per_feature(kind):
+    assert kind in PROJECTORS
     name = kind.replace("{depth}", "2")
     assert image_token_count(name, (24, 24)) == 576
     assert image_token_count(name, (24, 24), prefix_tokens=1) == 577  # select_feature=cls_patch keeps CLS
