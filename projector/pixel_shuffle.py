@@ -57,5 +57,6 @@ class PixelShuffleMLPProjector(Projector):
 
     def forward(self, features: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
         if grid is None:
-            raise ValueError(f"{self.config.projector_type} needs the tower's patch grid (forward(features, grid=(H, W)))")
+            raise ValueError(f"{self.config.projector_type} needs the tower's patch grid: "
+                             "forward(features, grid=(H, W))")
         return self.layers(pixel_shuffle(features, tuple(grid), self.k))

@@ -53,8 +53,10 @@ def projector_class(projector_type: str) -> tuple[type, dict[str, int]]:
 
 
 def image_token_count(projector_type: str, grid: tuple[int, int], prefix_tokens: int = 0) -> int:
-    """LLM tokens per image for a tower whose features are `prefix_tokens` + a `grid` of patches."""
+    """LLM tokens per image for a tower whose features are `prefix_tokens` + a `grid` of patches (`ValueError`
+    when the projector cannot project them: no count for a geometry the model would refuse)."""
     cls, params = projector_class(projector_type)
+    cls.check(tuple(grid), prefix_tokens, **params)
     return cls.output_tokens(tuple(grid), prefix_tokens, **params)
 
 

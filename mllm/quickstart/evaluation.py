@@ -15,7 +15,7 @@ from ..eval.runner import EvalConfig, run_eval
 from .synthetic import score
 
 
-def _untrained_checkpoint(root: Path, out: Path, seed: int) -> Path:
+def _untrained_checkpoint(root: Path, out: Path, seed: int, projector_type: str) -> Path:
     import torch
 
     from .. import TowerSpec, build_model, save_pretrained
@@ -25,7 +25,8 @@ def _untrained_checkpoint(root: Path, out: Path, seed: int) -> Path:
     model, processor = build_model(
         str(root / "stage0" / "lm" / "llm"), tower=TowerSpec(checkpoint=str(root / "stage0" / "tower"), config=None),
         tokenizer=load_tokenizer(root / "base" / "tokenizer"), template="vicuna_v1",
-        image_aspect_ratio="pad", quantization="4bit", dtype=torch.float32, model_max_length=512)
+        image_aspect_ratio="pad", quantization="4bit", dtype=torch.float32, model_max_length=512,
+        projector_type=projector_type)
     save_pretrained(model, processor, out, extra={"stage": "before training (stage 0 backbones, random projector)"})
     return out
 
@@ -44,7 +45,8 @@ def _accuracy(result, records: list[dict]) -> dict:
             "output_dir": str(result.output_dir)}
 
 
-def evaluate_quickstart(root: Path, out: Path, model_dir: Path, *, batch_size: int, seed: int) -> dict:
+def evaluate_quickstart(root: Path, out: Path, model_dir: Path, *, batch_size: int, seed: int,
+                        projector_type: str = "mlp2x_gelu") -> dict:
     import torch
 
     from ..serialization import load_model
@@ -54,7 +56,7 @@ def evaluate_quickstart(root: Path, out: Path, model_dir: Path, *, batch_size: i
     blank = json.loads((data / "heldout_blank.json").read_text())
     exported = export_synthetic(heldout, out / "benchmarks", image_root=data, formats=("vqav2", "pope", "mme"))
     blank_vqa = export_synthetic(blank, out / "benchmarks_blank", image_root=data, formats=("vqav2",))["vqav2"]
-    untrained = _untrained_checkpoint(root, out / "untrained", seed)
+    untrained = _untrained_checkpoint(root, out / "untrained", seed, projector_type)
     trained = load_model(model_dir, device="cuda" if torch.cuda.is_available() else "cpu")  # once, for all runs
     results = {
         "before": _accuracy(_run("before", untrained, exported["vqav2"], out, batch_size), heldout),

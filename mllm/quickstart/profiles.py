@@ -1,4 +1,5 @@
-"""Sizes and step counts of the quickstart: `default` (the README's command) and `ci` (the test suite's)."""
+"""Sizes and step counts of the quickstart: `default` (the README's command), `ci` (the test suite's) and
+`spatial` (the harder spatial task, `benchmarks/spatial_task.py`)."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,7 +8,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Profile:
-    # data (mllm.quickstart.synthetic.ShapesConfig)
+    # data: the synthetic task (`shapes`: mllm.quickstart.synthetic.ShapesConfig, `spatial`: spatial.SpatialConfig)
+    task: str = "shapes"
     image_size: int = 64
     num_pretrain: int = 1500
     num_train: int = 1500
@@ -23,6 +25,8 @@ class Profile:
     # init std of the tiny LLM: at transformers' default 0.02 its attention stays near-uniform for hundreds of
     # steps (measured: 400 warm-up steps, context still unread); at ~1/sqrt(width) it learns to read in ~150
     llm_init_std: float = 0.08
+    # the projector trained in stages 1 and 2 (any registered type; the tower grid here is 4x4)
+    projector_type: str = "mlp2x_gelu"
     # stage 0 warm-ups (stand-ins for pretrained backbones)
     tower_steps: int = 250
     tower_batch: int = 64
@@ -50,4 +54,6 @@ PROFILES = {
     "default": Profile(),
     # the CI test: the default recipe on a smaller held-out set and a shorter tower warm-up (same bars)
     "ci": Profile(num_heldout=40, tower_steps=150),
+    # small squares on a 4x4 board (one cell per tower patch), asked about by position and counted
+    "spatial": Profile(task="spatial", num_heldout=200, lm_steps=400, stage1_steps=300, stage2_steps=400),
 }

@@ -7,6 +7,8 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
+from projector import image_token_count
+
 from ..paths import default_model_dir
 
 ACCURACY_BAR = 0.90  # held-out exact-match accuracy after training
@@ -43,6 +45,7 @@ def write_report(root: Path, q, results: dict, profile, seed: int, wall_s: float
         "stage_seconds": q.timings, "reused_stages": q.reused, "wall_seconds": round(wall_s, 1),
         "profile": asdict(profile), "seed": seed, "model_dir": str(model_link),
         "heldout_questions": ev["after"]["exact_match"]["overall"]["n"],
+        "image_tokens": image_token_count(profile.projector_type, (profile.image_size // profile.patch_size,) * 2),
     }
     (root / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = [
@@ -51,6 +54,7 @@ def write_report(root: Path, q, results: dict, profile, seed: int, wall_s: float
         "warm-ups standing in for pretrained backbones (tower: attribute classification; LLM: language modelling",
         "with captions in context) -> stage 1 projector (llm2clip-llava pretrain) -> stage 2 4-bit QLoRA",
         "(llm2clip-llava finetune) -> held-out evaluation through the eval runner (VQAv2 scorer).",
+        f"task: {profile.task}; projector: {profile.projector_type} ({report['image_tokens']} image tokens per image)",
         "",
         "time per stage (s): " + ", ".join(f"{k} {v:.1f}" + (" (reused)" if k in q.reused else "")
                                           for k, v in q.timings.items()) + f"; total {wall_s:.1f}",

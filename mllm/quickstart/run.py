@@ -1,7 +1,8 @@
 """`llm2clip-llava quickstart`: the whole pipeline on a laptop-class CPU, proving the model reads images.
 
 Stages (each reused on a re-run when its inputs are unchanged; `--fresh` starts over):
-  data    synthetic shapes in LLaVA's JSON formats (+ held-out set, + its blank-image twin)
+  data    a synthetic task in LLaVA's JSON formats (+ held-out set, + its blank-image twin): shapes by default,
+          or small objects on a 4x4 board asked about by position (profile `spatial`)
   base    tiny EVA02 tower + tiny Llama (real 32k SentencePiece tokenizer), random init
   stage0  warm-ups standing in for pretrained backbones (see warmup.py)
   stage1  projector pretraining through `llm2clip-llava pretrain` (preset quickstart_pretrain)
@@ -22,6 +23,8 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
+
+from projector import check_projector
 
 from ..paths import quickstart_dir
 from ..quiet import silence_known_warnings
@@ -99,17 +102,20 @@ class Quickstart:
         return self.cache.finish(name, fingerprint, info)
 
     # ------------------------------------------------------------------ stages
-    def shapes_config(self):
+    def task_config(self):
+        """The synthetic task's config (`ShapesConfig` or `SpatialConfig`) at the profile's sizes."""
+        from .spatial import SpatialConfig
         from .synthetic import ShapesConfig
 
         p = self.profile
-        return ShapesConfig(seed=self.seed, image_size=p.image_size, num_pretrain=p.num_pretrain,
-                            num_train=p.num_train, num_heldout=p.num_heldout)
+        task = {"shapes": ShapesConfig, "spatial": SpatialConfig}[p.task]
+        return task(seed=self.seed, image_size=p.image_size, num_pretrain=p.num_pretrain, num_train=p.num_train,
+                    num_heldout=p.num_heldout)
 
     def data(self, out: Path) -> dict:
         from .synthetic import generate
 
-        info = generate(out, self.shapes_config())
+        info = generate(out, self.task_config())
         return {"counts": info["counts"], "chance": info["chance"]["overall"]}
 
     def base(self, out: Path) -> dict:
@@ -132,7 +138,7 @@ class Quickstart:
 
         from .warmup import pretrain_tower, write_lm_corpus
 
-        p, base, shapes = self.profile, self.root / "base", self.shapes_config()
+        p, base, shapes = self.profile, self.root / "base", self.task_config()
         torch.manual_seed(self.seed)
         tower = load_vision_tower(str(base / "tower"), select_layer=-2)
         tower_info = pretrain_tower(tower, shapes, num_images=p.num_pretrain, steps=p.tower_steps,
@@ -156,7 +162,8 @@ class Quickstart:
         return ["--llm", s0 / "lm" / "llm", "--tokenizer", base / "tokenizer", "--tower", "null",
                 "--tower_checkpoint", s0 / "tower", "--image_folder", self.root / "data", "--output_dir", stage_dir,
                 "--max_steps", steps, "--global_batch_size", batch, "--micro_batch_size", batch,
-                "--learning_rate", lr, "--seed", self.seed, "--num_workers", 0, "--dtype", "fp32"]
+                "--learning_rate", lr, "--seed", self.seed, "--num_workers", 0, "--dtype", "fp32",
+                "--projector_type", p.projector_type]
 
     def stage1(self, out: Path) -> dict:
         p = self.profile
@@ -177,11 +184,21 @@ class Quickstart:
     def evaluate(self, out: Path) -> dict:
         from .evaluation import evaluate_quickstart
 
-        return evaluate_quickstart(self.root, out, self.model_dir(), batch_size=self.profile.eval_batch, seed=self.seed)
+        return evaluate_quickstart(self.root, out, self.model_dir(), batch_size=self.profile.eval_batch, seed=self.seed,
+                                   projector_type=self.profile.projector_type)
 
     def model_dir(self) -> Path:
         """The trained checkpoint: stage 2's run directory (published as `<root>/model`)."""
         return self.root / "stage2"
+
+
+def copy_stages(source: Path, root: Path, stages=("data", "base", "stage0")) -> None:
+    """Start `root` with the finished stages of another run (e.g. to train another projector on the same data and
+    warmed-up backbones). Each stage's marker holds its inputs' fingerprint, so a copy that does not match the new
+    run's profile is simply redone."""
+    for stage in stages:
+        if StageCache(source).marker(stage).is_file() and not (root / stage).exists():
+            shutil.copytree(source / stage, root / stage, symlinks=True)
 
 
 def run_quickstart(root: Path, profile: Profile, seed: int, *, fresh: bool = False, publish: bool = True) -> dict:
@@ -191,12 +208,12 @@ def run_quickstart(root: Path, profile: Profile, seed: int, *, fresh: bool = Fal
     q = Quickstart(root, profile, seed)
     started = time.time()
     p = asdict(profile)
-    data_keys = ("image_size", "num_pretrain", "num_train", "num_heldout")
+    data_keys = ("task", "image_size", "num_pretrain", "num_train", "num_heldout")
     fp = {"data": _fingerprint(seed, {k: p[k] for k in data_keys})}
     fp["base"] = _fingerprint(seed, {k: p[k] for k in p if k.startswith(("tower_width", "tower_depth", "tower_heads",
                                                                          "llm_", "patch_size", "image_size"))})
     fp["stage0"] = _fingerprint(fp["data"], fp["base"], {k: p[k] for k in p if k.startswith(("tower_", "lm_"))})
-    fp["stage1"] = _fingerprint(fp["stage0"], {k: p[k] for k in p if k.startswith("stage1")})
+    fp["stage1"] = _fingerprint(fp["stage0"], {k: p[k] for k in p if k.startswith(("stage1", "projector"))})
     fp["stage2"] = _fingerprint(fp["stage1"], {k: p[k] for k in p if k.startswith(("stage2", "lora"))})
     fp["eval"] = _fingerprint(fp["stage2"], p["eval_batch"])
     results = {}
@@ -221,7 +238,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-dir", type=Path, default=None,
                         help=f"where everything goes (default {quickstart_dir()}; its model/ is the default model "
                              "of chat, demo and eval)")
-    parser.add_argument("--profile", choices=sorted(PROFILES), default="default", help="sizes and steps")
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="default",
+                        help="sizes, steps and task (spatial: small objects on a 4x4 board, asked by position)")
+    parser.add_argument("--projector", dest="projector_type", default=None,
+                        help="projector type of stages 1 and 2 (default mlp2x_gelu; pixel_shuffle2_mlp2x_gelu merges "
+                             "each 2x2 block of patches: 4x fewer image tokens)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fresh", action="store_true", help="start over instead of reusing finished stages")
     for name in ("num_pretrain", "num_train", "num_heldout", "tower_steps", "lm_steps", "stage1_steps", "stage2_steps"):
@@ -232,7 +253,13 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     silence_known_warnings()  # also when main() is called without the console script
     profile = PROFILES[args.profile].replace(**{k: getattr(args, k) for k in (
-        "num_pretrain", "num_train", "num_heldout", "tower_steps", "lm_steps", "stage1_steps", "stage2_steps")})
+        "num_pretrain", "num_train", "num_heldout", "tower_steps", "lm_steps", "stage1_steps", "stage2_steps",
+        "projector_type")})
+    try:  # before minutes of data and warm-ups: the projector must fit the tiny tower's patch grid
+        grid = profile.image_size // profile.patch_size
+        check_projector(profile.projector_type, (grid, grid))
+    except ValueError as exc:
+        parser.error(f"--projector: {exc}")
     root = args.output_dir or quickstart_dir()
     report = run_quickstart(root, profile, args.seed, fresh=args.fresh)
     return 0 if report["passed"] else 1

@@ -52,6 +52,7 @@ CAPTION_INSTRUCTIONS = (
     "Summarize the picture in a few words.",
 )
 _SUPERSAMPLE = 4  # draw at 4x and box-downsample: anti-aliased edges, still integer-exact
+TOWER_ATTRIBUTES = {"color": list(PALETTE), "shape": list(SHAPES), "size": list(SIZES), "side": ["left", "right"]}
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,24 @@ class ShapesConfig:
             rgb = getattr(self, name)
             if rgb is not None and (len(rgb) != 3 or any(not 0 <= int(c) <= 255 for c in rgb)):
                 raise ValueError(f"{name} must be an RGB triple of 0-255 ints, got {rgb}")
+
+    # The synthetic-task interface (`generate` and the stage-0 warm-ups use only these; spatial.py is another task)
+    def scenes(self, split: str, n: int):
+        """Yield (index, scene, image, questions, rng) for the n images of a split (see `_split`)."""
+        return _split(self, split, n)
+
+    def conversations(self, scene: "Scene", questions: list["Question"], rng: random.Random) -> list[list["Question"]]:
+        return conversations(scene, questions, rng)
+
+    def tower_classes(self) -> dict[str, int]:
+        """Stage 0's tower heads: attribute -> number of classes (each read from the mean-pooled features)."""
+        return {k: len(v) for k, v in TOWER_ATTRIBUTES.items()}
+
+    def tower_targets(self, scene: "Scene", grid: tuple[int, int]) -> dict[str, int]:
+        """The class of each attribute of the scene's first object (quickstart scenes hold one)."""
+        obj = scene.objects[0]
+        values = {"color": obj.color, "shape": obj.shape, "size": obj.size, "side": scene.side(obj)}
+        return {k: TOWER_ATTRIBUTES[k].index(v) for k, v in values.items()}
 
 
 @dataclass
@@ -310,8 +329,11 @@ def to_turns(questions: list[Question], prefix: str) -> list[dict]:
     return turns
 
 
-def generate(out_dir: str | Path, config: ShapesConfig | None = None) -> dict:
+def generate(out_dir: str | Path, config=None) -> dict:
     """Write images and the LLaVA JSON files under ``out_dir``; return the ``dataset_info.json`` content.
+
+    ``config`` is a task config (``ShapesConfig`` by default, or e.g. ``spatial.SpatialConfig``): its ``scenes``
+    and ``conversations`` supply the images, captions and questions.
 
     Layout: ``images/{pretrain,train,heldout}/NNNNNN.png``, ``images/blank.png``, ``pretrain.json``,
     ``train.json``, ``heldout.json``, ``heldout_blank.json``, ``dataset_info.json``. Image paths in the
@@ -327,7 +349,7 @@ def generate(out_dir: str | Path, config: ShapesConfig | None = None) -> dict:
             stale.unlink()
 
     pretrain = []
-    for i, scene, image, _, rng in _split(config, "pretrain", config.num_pretrain):
+    for i, scene, image, _, rng in config.scenes("pretrain", config.num_pretrain):
         rel = f"images/pretrain/{i:06d}.png"
         image.save(out / rel)
         instruction = rng.choice(CAPTION_INSTRUCTIONS)
@@ -336,15 +358,15 @@ def generate(out_dir: str | Path, config: ShapesConfig | None = None) -> dict:
             {"from": "gpt", "value": scene.caption()}]})
 
     train = []
-    for i, scene, image, questions, rng in _split(config, "train", config.num_train):
+    for i, scene, image, questions, rng in config.scenes("train", config.num_train):
         rel = f"images/train/{i:06d}.png"
         image.save(out / rel)
-        for j, group in enumerate(conversations(scene, questions, rng)):
+        for j, group in enumerate(config.conversations(scene, questions, rng)):
             train.append({"id": f"train-{i:06d}-{j}", "image": rel, "conversations": to_turns(group, IMAGE_TOKEN)})
 
     heldout = []
-    paired = set(YES_NO_CATEGORIES) if config.yes_no_pairs else set()
-    for i, _, image, questions, _ in _split(config, "heldout", config.num_heldout):
+    paired = set(YES_NO_CATEGORIES) if getattr(config, "yes_no_pairs", False) else set()
+    for i, _, image, questions, _ in config.scenes("heldout", config.num_heldout):
         rel = f"images/heldout/{i:06d}.png"
         image.save(out / rel)
         seen: Counter = Counter()

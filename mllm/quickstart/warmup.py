@@ -19,28 +19,24 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .synthetic import PALETTE, SHAPES, SIZES, ShapesConfig, _split, conversations, to_turns
+from .synthetic import to_turns
 
 logger = logging.getLogger(__name__)
-ATTRIBUTES = {"color": list(PALETTE), "shape": list(SHAPES), "size": list(SIZES), "side": ["left", "right"]}
 
 
-def _scene_labels(scene) -> dict[str, int]:
-    obj = scene.objects[0]
-    return {"color": ATTRIBUTES["color"].index(obj.color), "shape": ATTRIBUTES["shape"].index(obj.shape),
-            "size": ATTRIBUTES["size"].index(obj.size), "side": ATTRIBUTES["side"].index(scene.side(obj))}
-
-
-def pretrain_tower(tower, config: ShapesConfig, *, num_images: int, steps: int, batch_size: int, lr: float,
+def pretrain_tower(tower, config, *, num_images: int, steps: int, batch_size: int, lr: float,
                    seed: int, image_processor, log_every: int = 25) -> dict:
-    """Attribute classification on freshly rendered scenes; trains the whole tower in place."""
+    """Classification of the task's scene attributes (`config.tower_targets`) on freshly rendered scenes; trains
+    the whole tower in place. A scalar target is read from the mean-pooled features, a per-patch list of
+    targets from each patch's own feature (dense: where things are)."""
     images, labels = [], []
-    for _, scene, image, _, _ in _split(config, "stage0-tower", num_images):
+    for _, scene, image, _, _ in config.scenes("stage0-tower", num_images):
         images.append(image)
-        labels.append(_scene_labels(scene))  # the first object; quickstart scenes hold one
+        labels.append(config.tower_targets(scene, tower.grid_size))
     pixels = image_processor(images)
-    targets = {k: torch.tensor([lab[k] for lab in labels]) for k in ATTRIBUTES}
-    heads = nn.ModuleDict({k: nn.Linear(tower.hidden_size, len(v)) for k, v in ATTRIBUTES.items()})
+    classes = config.tower_classes()
+    targets = {k: torch.tensor([lab[k] for lab in labels]) for k in classes}
+    heads = nn.ModuleDict({k: nn.Linear(tower.hidden_size, n) for k, n in classes.items()})
     tower.unfreeze()
     tower.train()
     params = [p for p in tower.parameters() if p.requires_grad] + list(heads.parameters())
@@ -49,14 +45,16 @@ def pretrain_tower(tower, config: ShapesConfig, *, num_images: int, steps: int, 
     start, history = time.time(), []
     for step in range(1, steps + 1):
         idx = torch.randint(0, len(images), (batch_size,), generator=gen)
-        feats = tower(pixels[idx]).mean(dim=1)  # pooled patch features: what the projector will see
-        logits = {k: head(feats) for k, head in heads.items()}
-        loss = sum(nn.functional.cross_entropy(logits[k], targets[k][idx]) for k in heads)
+        patches = tower(pixels[idx])  # the patch features: what the projector will see
+        feats = patches.mean(dim=1)
+        logits = {k: head(feats if targets[k].dim() == 1 else patches).flatten(0, -2) for k, head in heads.items()}
+        loss = sum(nn.functional.cross_entropy(logits[k], targets[k][idx].flatten()) for k in heads)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if step % log_every == 0 or step == steps:
-            acc = {k: round(float((logits[k].argmax(-1) == targets[k][idx]).float().mean()), 3) for k in heads}
+            acc = {k: round(float((logits[k].argmax(-1) == targets[k][idx].flatten()).float().mean()), 3)
+                   for k in heads}
             value = float(loss.detach())
             history.append({"step": step, "loss": round(value, 4), **acc})
             logger.info("  stage 0 tower  step %d/%d  loss %.4f  batch accuracy %s", step, steps, value, acc)
@@ -64,13 +62,13 @@ def pretrain_tower(tower, config: ShapesConfig, *, num_images: int, steps: int, 
     return {"steps": steps, "images": num_images, "seconds": round(time.time() - start, 1), "history": history}
 
 
-def write_lm_corpus(config: ShapesConfig, num_scenes: int, path) -> int:
+def write_lm_corpus(config, num_scenes: int, path) -> int:
     """Text-only LLaVA JSON: conversations about fresh scenes, each scene's caption standing where its image
     will be, plus caption-copying turns. Trained with the ordinary `finetune` command (mode full)."""
     records = []
-    for i, scene, _, questions, rng in _split(config, "stage0-lm", num_scenes):
+    for i, scene, _, questions, rng in config.scenes("stage0-lm", num_scenes):
         caption = scene.caption()
-        for j, group in enumerate(conversations(scene, questions, rng)):
+        for j, group in enumerate(config.conversations(scene, questions, rng)):
             records.append({"id": f"lm-{i:06d}-{j}", "conversations": to_turns(group, caption)})
         records.append({"id": f"lm-caption-{i:06d}", "conversations": [
             {"from": "human", "value": f"{caption}\nDescribe the image briefly."}, {"from": "gpt", "value": caption}]})

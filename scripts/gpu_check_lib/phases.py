@@ -6,6 +6,7 @@ and returns JSON-ready results; `record(dict)` saves partial results at once (th
 """
 from __future__ import annotations
 
+import gc
 import statistics
 import time
 
@@ -126,6 +127,59 @@ def stage2_qlora(w: Workload, record) -> dict:
     return {"checkpoint": w.artifacts["qlora_checkpoint"]}
 
 
+def projector_tokens(w: Workload, record) -> dict:
+    """576 vs 144 image tokens: stage-2 QLoRA steps on image-heavy samples (short text) and a prefill, with
+    `mlp2x_gelu` and with `pixel_shuffle2_mlp2x_gelu`, one model at a time (each its own peak memory)."""
+    from mllm import LoraSpec, build_model
+
+    text_tokens = max(8, w.text_tokens // 7)  # ~32 text tokens next to 576 image tokens: image-heavy, short answers
+    out = {}
+    for projector in ("mlp2x_gelu", "pixel_shuffle2_mlp2x_gelu"):
+        start = time.monotonic()
+        model, processor = build_model(str(w.llm_dir()), tower=w.tower_spec(), tokenizer=w.tokenizer(),
+                                       quantization="4bit", dtype=w.dtype, projector_type=projector,
+                                       lora=LoraSpec(r=128, alpha=256, dropout=0.05), gradient_checkpointing=True)
+        _trainables_fp32(model)
+        check_placement(model, w, llm="nf4", lora=torch.float32, projector=torch.float32)
+        batches = {"image_heavy": w.training_batch(processor, w.micro_batch, text_tokens, padded=False)}
+        timing = _time_training(model, batches, w)
+        _add_flops(model, batches, timing, w, checkpointing=True)
+        entry = {"image_tokens": model.num_image_tokens, "load_s": round(time.monotonic() - start, 1),
+                 **timing["image_heavy"],
+                 "samples_per_s": w.micro_batch / timing["image_heavy"]["step_s_median"],
+                 "samples_per_s_best": w.micro_batch / timing["image_heavy"]["step_s_min"]}
+        model.eval()
+        prompt = processor.chat_batch([[{"from": "human", "value": "<image>\nDescribe the picture."}]],
+                                      [w.images(1)])
+        with torch.no_grad():
+            model.generate(**prompt, max_new_tokens=1)  # warm-up
+            times = []
+            for _ in range(w.steps):
+                w.sync()
+                begin = time.perf_counter()
+                generated = model.generate(**prompt, max_new_tokens=1, return_dict_in_generate=True)
+                w.sync()
+                times.append(time.perf_counter() - begin)
+        cache = generated.past_key_values
+        kv_bytes = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
+        entry.update(prefill_s_median=statistics.median(times), prefill_s_min=min(times),
+                     prompt_tokens=cache.get_seq_length(), kv_cache_bytes=kv_bytes,
+                     kv_image_bytes=kv_bytes // cache.get_seq_length() * model.num_image_tokens)
+        out[projector] = entry
+        record({projector: entry})
+        del model, processor, generated, cache
+        gc.collect()
+        if w.device.type == "cuda":
+            torch.cuda.empty_cache()
+    a, b = out["mlp2x_gelu"], out["pixel_shuffle2_mlp2x_gelu"]
+    ratios = {"train_samples_per_s": b["samples_per_s"] / a["samples_per_s"],
+              "prefill_speedup": a["prefill_s_median"] / b["prefill_s_median"],
+              "kv_image_reduction": a["kv_image_bytes"] / b["kv_image_bytes"]}
+    if "peak_allocated_gib" in a:
+        ratios["peak_allocated_reduction"] = a["peak_allocated_gib"] / b["peak_allocated_gib"]
+    return {"text_tokens": text_tokens, "ratios_pixel_shuffle_vs_mlp": ratios}
+
+
 def stage1_projector(w: Workload, record) -> dict:
     """Stage 1 on CUDA: the bf16 LLM and tower frozen on the GPU, only the projector trained."""
     from mllm import build_model
@@ -241,4 +295,6 @@ PHASES = [  # in order of value: a run cut short still has the headline numbers
     Phase("stage1_projector", stage1_projector, 45, ("tokenizer", "tower"), "projector-only steps, bf16 LLM on GPU"),
     Phase("generation_4bit", generation_4bit, 60, NEEDS_ALL, "greedy decoding at batch 1, 4, 8 on the 4-bit base"),
     Phase("generation_merged", generation_merged, 70, NEEDS_ALL, "the same with --merge-on-load (bf16 merge)"),
+    Phase("projector_tokens", projector_tokens, 90, NEEDS_ALL,
+          "576 vs 144 image tokens: QLoRA steps and prefill, mlp2x_gelu vs pixel_shuffle2_mlp2x_gelu"),
 ]

@@ -75,6 +75,17 @@ def render_table(data: dict) -> str:
             lines += _generation_rows("generation, 4-bit + adapter", phase, phases.get("generation_merged"))
         elif name == "generation_merged":
             lines += _generation_rows("generation, merged bf16", phase, phases.get("generation_4bit"))
+        elif name == "projector_tokens":
+            for projector in ("mlp2x_gelu", "pixel_shuffle2_mlp2x_gelu"):
+                entry = phase[projector]
+                prefill = _num(1000 * entry["prefill_s_median"], ",.0f")
+                lines.append(_training_row(f"QLoRA, {entry['image_tokens']} image + {phase['text_tokens']} text "
+                                           f"tokens ({projector}; prefill {prefill} ms)", entry))
+            ratios = phase["ratios_pixel_shuffle_vs_mlp"]
+            lines.append(f"| pixel shuffle vs mlp2x_gelu | {_num(ratios['train_samples_per_s'], '.2f')}x samples/s | "
+                         f"prefill {_num(ratios['prefill_speedup'], '.2f')}x faster, image KV cache "
+                         f"{_num(ratios['kv_image_reduction'], '.1f')}x smaller | "
+                         f"{_num(ratios.get('peak_allocated_reduction'), '.2f')}x less peak memory |")
         elif name == "setup_llm":
             llm = phase.get("llm", {})
             lines.append(f"| set-up: random LLM, {_num(llm.get('params'))} parameters | "

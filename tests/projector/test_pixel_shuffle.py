@@ -74,7 +74,7 @@ def test_mlp_takes_the_merged_width_with_llava_parameter_names():
 @pytest.mark.parametrize("name,grid,prefix,match", [
     ("pixel_shuffle5_mlp2x_gelu", (24, 24), 0, r"pixel_shuffle5: k=5 must divide the tower's 24x24 patch grid"),
     ("pixel_shuffle2_mlp2x_gelu", (5, 5), 0, r"k=2 must divide the tower's 5x5 patch grid"),
-    ("pixel_shuffle2_mlp2x_gelu", (24, 24), 1, r"features carry 1 prefix \(CLS\) token\(s\): use select_feature 'patch'"),
+    ("pixel_shuffle2_mlp2x_gelu", (24, 24), 1, r"carry 1 prefix \(CLS\) token\(s\): use select_feature 'patch'"),
 ])
 def test_geometries_it_cannot_merge_are_refused_before_any_weights(name, grid, prefix, match):
     with pytest.raises(ValueError, match=match):

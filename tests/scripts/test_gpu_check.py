@@ -49,11 +49,17 @@ def test_tiny_run_exercises_every_phase(tmp_path):
     for name in ("generation_4bit", "generation_merged"):  # CPU fp32: batched generation is exact
         agreement = phases[name]["generation"]["batch_4"]["agreement_with_batch_1"]
         assert agreement["rows_identical"] == agreement["rows"] == 4
+    tokens = phases["projector_tokens"]  # the tiny tower's 2x2 grid: 4 tokens, pixel-shuffled to 1
+    assert tokens["mlp2x_gelu"]["image_tokens"] == 4 and tokens["pixel_shuffle2_mlp2x_gelu"]["image_tokens"] == 1
+    assert tokens["ratios_pixel_shuffle_vs_mlp"]["kv_image_reduction"] == 4.0
+    assert all(tokens[p]["samples_per_s"] > 0 and tokens[p]["kv_cache_bytes"] > 0 for p in ("mlp2x_gelu",
+                                                                                             "pixel_shuffle2_mlp2x_gelu"))
     log = (tmp_path / "out" / "gpu_check.log").read_text()
     assert "[gpu_check] generation_merged: ok" in log
     table = subprocess.run([sys.executable, str(REPO / "scripts" / "gpu_check.py"), "--table",
                             str(tmp_path / "out" / "gpu_check_tiny.json")], capture_output=True, text=True, check=True)
     assert "stage-2 QLoRA, right-padded" in table.stdout and "4/4 rows identical to batch 1" in table.stdout
+    assert "pixel shuffle vs mlp2x_gelu" in table.stdout and "QLoRA, 1 image + 8 text tokens" in table.stdout
 
 
 @pytest.mark.slow

@@ -70,3 +70,14 @@ def test_limit_workers_and_bad_paths(data, image_dir, saved_tokenizer, tmp_path,
     assert cli_main(["validate", "--data", str(data), "--tokenizer", str(saved_tokenizer),
                      "--template", "chat_template"]) == 2
     assert "needs a tokenizer that has a chat template" in capsys.readouterr().err
+
+
+def test_tower_and_projector_give_the_token_count(data, image_dir, saved_tokenizer, tmp_path, capsys):
+    """The count comes from the projector: 576 patches of EVA02-L-14-336 pixel-shuffled 2x2 are 144 tokens."""
+    base = ["--data", str(data), "--image-folder", str(image_dir), "--tokenizer", str(saved_tokenizer),
+            "--tower", "llm2clip-eva02-l-14-336"]
+    assert main([*base, "--projector-type", "pixel_shuffle2_mlp2x_gelu", "--json-out", str(tmp_path / "r.json")]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["num_image_tokens"] == 144
+    assert "144 tokens per image" in capsys.readouterr().out
+    assert main([*base, "--projector-type", "pixel_shuffle5_mlp2x_gelu"]) == 2
+    assert "k=5 must divide the tower's 24x24 patch grid" in capsys.readouterr().err
