@@ -18,7 +18,10 @@ on a loaded machine a second thread mostly waits at barriers, adding noise, not 
 
 Each measurement runs in a fresh subprocess (peak memory per variant); the variants alternate (A B, B A, ...)
 so load changes on a shared machine hit both alike; best-of-N is reported next to the median, with the load
-average before and after every run. Writes benchmarks/results/pixel_shuffle.json.
+average before and after every run. Times are wall clock and, on the CPU, also the CPU time of the (single)
+computing thread: on a machine shared with other jobs a step waits for the scheduler for a varying share of its
+wall time, while its CPU time measures the work (the goals are judged on it there; on CUDA on wall time).
+Writes benchmarks/results/pixel_shuffle.json.
 Run: python benchmarks/pixel_shuffle.py [--repeats 5] [--device cuda]
 """
 from __future__ import annotations
@@ -147,38 +150,40 @@ def measure(projector_type: str, workdir: Path, device: str, steps: int, prefill
         model(**batch)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    times = []
+    times, cpu_times = [], []
     with _peak_rss_class()() as rss:  # the first step (optimizer state allocated) counts towards the peak
         step()
         for _ in range(steps):
             sync()
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.thread_time()
             step()
             sync()
             times.append(time.perf_counter() - start)
+            cpu_times.append(time.thread_time() - cpu_start)
     peak = torch.cuda.max_memory_allocated() if cuda else rss.peak - rss.base
     rows, tokens = SIZES["batch"], int(batch["attention_mask"].sum())
 
     model.eval()
     prompt = _batch(processor, SIZES["prefill_batch"], False, device)
     prompt.pop("labels")
-    prefill_times, cache = [], None
+    prefill_times, prefill_cpu, cache = [], [], None
     with torch.no_grad():
         for i in range(prefills + 1):  # the first is a warm-up
             sync()
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.thread_time()
             out = model.generate(**prompt, max_new_tokens=1, return_dict_in_generate=True)
             sync()
             if i:
                 prefill_times.append(time.perf_counter() - start)
+                prefill_cpu.append(time.thread_time() - cpu_start)
             cache = out.past_key_values
     kv_bytes = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
     cached = cache.get_seq_length()
     return {
         "projector_type": projector_type, "image_tokens": processor.num_image_tokens, "rows": rows,
-        "tokens_per_row": tokens // rows, "step_s": times, "peak_bytes": peak, "peak_kind":
+        "tokens_per_row": tokens // rows, "step_s": times, "step_cpu_s": cpu_times, "peak_bytes": peak, "peak_kind":
         "cuda max_memory_allocated" if cuda else "resident memory above the pre-step level",
-        "saved_activation_bytes": saved.total, "prefill_s": prefill_times,
+        "saved_activation_bytes": saved.total, "prefill_s": prefill_times, "prefill_cpu_s": prefill_cpu,
         "prefill_tokens": int(prompt["input_ids"].shape[1]),
         "kv_cache_bytes": kv_bytes, "kv_cached_tokens": cached,
         "kv_image_bytes": kv_bytes // cached * processor.num_image_tokens * SIZES["prefill_batch"],
@@ -224,36 +229,48 @@ def _attention_share(width: int, layer_linear_params: int, tokens: int) -> float
     return attention / (attention + 2 * layer_linear_params * tokens)
 
 
-def summarise(runs: dict[str, list[dict]]) -> dict:
+def summarise(runs: dict[str, list[dict]], clock: str) -> dict:
+    """Per variant: best and median over every timed step/prefill of every run; ratios pixel shuffle vs mlp.
+    `clock` is the time the goals are judged on: "cpu" (thread CPU time) or "wall"."""
     def stats(values):
         return {"best": min(values), "median": statistics.median(values)}
 
     out = {}
     for name, rs in runs.items():
-        steps = [t for r in rs for t in r["step_s"]]
-        step = stats(steps)
         rows, tokens = rs[0]["rows"], rs[0]["rows"] * rs[0]["tokens_per_row"]
-        out[name] = {
-            "image_tokens": rs[0]["image_tokens"], "tokens_per_sample": rs[0]["tokens_per_row"],
-            "step_s": step, "samples_per_s": {k: rows / v for k, v in step.items()},
-            "tokens_per_s": {k: tokens / v for k, v in step.items()},
+        entry = {"image_tokens": rs[0]["image_tokens"], "tokens_per_sample": rs[0]["tokens_per_row"]}
+        for label, key in (("wall", "step_s"), ("cpu", "step_cpu_s")):
+            step = stats([t for r in rs for t in r[key]])
+            entry[f"step_{label}_s"] = step
+            entry[f"samples_per_s_{label}"] = {k: rows / v for k, v in step.items()}
+            entry[f"tokens_per_s_{label}"] = {k: tokens / v for k, v in step.items()}
+        entry.update({
             "peak_bytes": stats([r["peak_bytes"] for r in rs]),
             "saved_activation_bytes": rs[0]["saved_activation_bytes"],
-            "prefill_s": stats([t for r in rs for t in r["prefill_s"]]), "prefill_tokens": rs[0]["prefill_tokens"],
+            "prefill_wall_s": stats([t for r in rs for t in r["prefill_s"]]),
+            "prefill_cpu_s": stats([t for r in rs for t in r["prefill_cpu_s"]]),
+            "prefill_tokens": rs[0]["prefill_tokens"],
             "kv_cache_bytes": rs[0]["kv_cache_bytes"], "kv_image_bytes": rs[0]["kv_image_bytes"],
-        }
+        })
+        out[name] = entry
     a, b = out["mlp2x_gelu"], out["pixel_shuffle2"]
+    both = ("best", "median")
     ratios = {
-        "train_samples_per_s": {k: b["samples_per_s"][k] / a["samples_per_s"][k] for k in ("best", "median")},
-        "train_tokens_per_s": {k: b["tokens_per_s"][k] / a["tokens_per_s"][k] for k in ("best", "median")},
-        "train_peak_memory_reduction": {k: a["peak_bytes"][k] / b["peak_bytes"][k] for k in ("best", "median")},
+        **{f"train_samples_per_s_{c}": {k: b[f"samples_per_s_{c}"][k] / a[f"samples_per_s_{c}"][k] for k in both}
+           for c in ("cpu", "wall")},
+        **{f"train_tokens_per_s_{c}": {k: b[f"tokens_per_s_{c}"][k] / a[f"tokens_per_s_{c}"][k] for k in both}
+           for c in ("cpu", "wall")},
+        **{f"prefill_speedup_{c}": {k: a[f"prefill_{c}_s"][k] / b[f"prefill_{c}_s"][k] for k in both}
+           for c in ("cpu", "wall")},
+        "train_peak_memory_reduction": {k: a["peak_bytes"][k] / b["peak_bytes"][k] for k in both},
         "saved_activation_reduction": a["saved_activation_bytes"] / b["saved_activation_bytes"],
-        "prefill_speedup": {k: a["prefill_s"][k] / b["prefill_s"][k] for k in ("best", "median")},
         "kv_cache_reduction_image": a["kv_image_bytes"] / b["kv_image_bytes"],
         "kv_cache_reduction_prompt": a["kv_cache_bytes"] / b["kv_cache_bytes"],
     }
-    goals = {"train_throughput_x": {"goal": 2.5, "measured_median": ratios["train_samples_per_s"]["median"],
-                                    "met": ratios["train_samples_per_s"]["median"] >= 2.5},
+    throughput = ratios[f"train_samples_per_s_{clock}"]
+    goals = {"judged_on": f"{clock} time, median",
+             "train_throughput_x": {"goal": 2.5, "measured_median": throughput["median"],
+                                    "measured_best": throughput["best"], "met": throughput["median"] >= 2.5},
              "image_kv_cache_reduction_x": {"goal": 3.0, "measured": ratios["kv_cache_reduction_image"],
                                             "met": ratios["kv_cache_reduction_image"] >= 3.0}}
     return {"variants": out, "ratios_pixel_shuffle_vs_mlp": ratios, "goals": goals}
@@ -288,10 +305,11 @@ def main(argv=None) -> int:
             for name in order:
                 runs[name].append(_child(VARIANTS[name], workdir, args.device, args.steps, args.prefills, threads))
                 last = runs[name][-1]
-                print(f"repeat {r + 1}/{args.repeats} {name}: step {statistics.median(last['step_s']):.2f} s, "
-                      f"prefill {statistics.median(last['prefill_s']):.3f} s, load {last['loadavg_1min']}",
+                print(f"repeat {r + 1}/{args.repeats} {name}: step {statistics.median(last['step_s']):.2f} s "
+                      f"(cpu {statistics.median(last['step_cpu_s']):.2f} s), prefill "
+                      f"{statistics.median(last['prefill_s']):.3f} s, load {last['loadavg_1min']}",
                       file=sys.stderr, flush=True)
-    summary = summarise(runs)
+    summary = summarise(runs, "cpu" if args.device == "cpu" and threads == 1 else "wall")
     p = runs["mlp2x_gelu"][0]["linear_params"]
     tokens_576 = summary["variants"]["mlp2x_gelu"]["tokens_per_sample"]
     layer = 4 * SIZES["hidden"] ** 2 + 3 * SIZES["hidden"] * SIZES["intermediate"]  # linear weights per layer

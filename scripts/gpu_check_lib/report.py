@@ -85,7 +85,7 @@ def render_table(data: dict) -> str:
             lines.append(f"| pixel shuffle vs mlp2x_gelu | {_num(ratios['train_samples_per_s'], '.2f')}x samples/s | "
                          f"prefill {_num(ratios['prefill_speedup'], '.2f')}x faster, image KV cache "
                          f"{_num(ratios['kv_image_reduction'], '.1f')}x smaller | "
-                         f"{_num(ratios.get('peak_allocated_reduction'), '.2f')}x less peak memory |")
+                         f"{_num(ratios.get('peak_allocated_reduction'), '.2f', 'x less peak memory')} |")
         elif name == "setup_llm":
             llm = phase.get("llm", {})
             lines.append(f"| set-up: random LLM, {_num(llm.get('params'))} parameters | "
