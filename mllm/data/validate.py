@@ -164,6 +164,10 @@ def check_options(args) -> None:
         projector_class(args.projector_type)
     except UnknownProjectorError as exc:
         raise checks.OptionError(f"--projector-type: {exc}") from exc
+    try:
+        _num_image_tokens(args)  # the projector's own check against the tower's grid (k must divide it)
+    except ValueError as exc:
+        raise checks.OptionError(f"--projector-type: {exc}") from exc
     checks.at_least("--max-length", args.max_length, 1)
     checks.at_least("--num-image-tokens", args.num_image_tokens, 1)
     checks.at_least("--limit", args.limit, 1)

@@ -79,5 +79,5 @@ def test_tower_and_projector_give_the_token_count(data, image_dir, saved_tokeniz
     assert main([*base, "--projector-type", "pixel_shuffle2_mlp2x_gelu", "--json-out", str(tmp_path / "r.json")]) == 0
     assert json.loads((tmp_path / "r.json").read_text())["num_image_tokens"] == 144
     assert "144 tokens per image" in capsys.readouterr().out
-    assert main([*base, "--projector-type", "pixel_shuffle5_mlp2x_gelu"]) == 2
+    assert cli_main(["validate", *base, "--projector-type", "pixel_shuffle5_mlp2x_gelu"]) == 2
     assert "k=5 must divide the tower's 24x24 patch grid" in capsys.readouterr().err
