@@ -25,6 +25,8 @@ V1_MANIFEST = {
 
 def test_format_version_1_manifest_loads_and_gives_its_spec(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(V1_MANIFEST))
+    for part in V1_MANIFEST["contents"].values():  # load checks that every listed part exists
+        (tmp_path / part).mkdir()
     manifest = MLLMConfig.load(tmp_path)
     assert manifest.spec == ModelSpec(
         llm="lmsys/vicuna-7b-v1.5", tower=TowerSpec(config="llm2clip-eva02-l-14-336", name="llm2clip-eva02-l-14-336"),
