@@ -24,7 +24,7 @@ class LLaVADataset(Dataset):
 
     def __init__(
         self,
-        data_path: str | os.PathLike,
+        data_path: str | os.PathLike | RecordStore,
         tokenizer,
         *,
         template: str = "vicuna_v1",
@@ -37,7 +37,8 @@ class LLaVADataset(Dataset):
         image_loader=None,
         limit: int | None = None,
     ):
-        self.records = RecordStore(data_path, limit=limit)
+        # a RecordStore already read (the trainer's preflight reads the file once, before any model loads)
+        self.records = data_path if isinstance(data_path, RecordStore) else RecordStore(data_path, limit=limit)
         self.tokenizer = tokenizer
         get_template(template).check(tokenizer)  # a tokenizer without a usable chat template fails here, once
         self.template = template
@@ -67,9 +68,18 @@ class LLaVADataset(Dataset):
         return self.records.modality_lengths.tolist()
 
     def resolve(self, path: str) -> str:
-        if self.image_folder is None or os.path.isabs(path):
+        """The file a record's image path names: inside ``image_folder`` when one is given.
+
+        A record cannot point outside the folder (an absolute path, or ``..`` climbing out): a data file from
+        elsewhere must not make training read arbitrary files. Without ``image_folder`` paths are used as given.
+        """
+        if self.image_folder is None:
             return path
-        return os.path.join(self.image_folder, path)
+        joined = os.path.normpath(os.path.join(self.image_folder, path))
+        folder = os.path.normpath(self.image_folder)
+        if os.path.isabs(path) or os.path.commonpath([os.path.abspath(joined), os.path.abspath(folder)]) != os.path.abspath(folder):
+            raise RecordError("outside_image_folder", f"{path!r} is not inside --image_folder {self.image_folder}")
+        return joined
 
     def _skip(self, index: int, rid, reason: str, detail: str, path: str | None = None) -> SkippedSample:
         item = SkippedSample(index, rid, reason, detail, path)
@@ -106,7 +116,10 @@ class LLaVADataset(Dataset):
             )
         images = []
         for path in paths:
-            full = self.resolve(path)
+            try:
+                full = self.resolve(path)
+            except RecordError as exc:
+                return self._skip(index, rid, exc.reason, exc.detail, path)
             try:
                 images.append(self.image_loader(full))
             except Exception as exc:  # ImageLoadError carries .reason; anything else is an unreadable file too

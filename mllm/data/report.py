@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 # reason -> what it means (the summary prints these; tests exercise each)
 REASONS: dict[str, str] = {
     "missing": "image file not found",
+    "outside_image_folder": "image path leaves --image_folder (absolute, or climbs out with ..)",
     "empty": "image file has zero bytes",
     "not_image": "file is not an image",
     "unsupported_format": "an image format outside PNG/JPEG/WEBP/GIF/BMP/TIFF (never decoded)",

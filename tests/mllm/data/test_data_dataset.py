@@ -1,4 +1,6 @@
 """LLaVADataset end to end: formats, multi-image, text-only, every bad-data class, strict mode, DataLoader."""
+import shutil
+
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -170,3 +172,25 @@ def test_dataloader_with_sampler_collator_and_skip_report(tmp_path, tokenizer, i
         seen += batch["sample_ids"]
     assert report.counts == {"missing": 1} and set(seen) == {"img", "txt", "two", "multi"}
     assert len(seen) + sum(report.occurrences.values()) == len(sampler) == 14  # 13 records, padded to full batches
+
+
+def test_image_paths_cannot_leave_the_image_folder(tmp_path, tokenizer, image_dir, processor, write_records):
+    """A data file from elsewhere must not make training read arbitrary files: real, decodable images outside the
+    folder are still refused (counted as outside_image_folder), paths that stay inside after `..` are fine."""
+    folder = tmp_path / "images"
+    shutil.copytree(image_dir, folder)
+    outside = tmp_path / "outside.jpg"
+    shutil.copy(image_dir / "rgb.jpg", outside)
+    names = {"climbs_out": "../outside.jpg", "absolute_outside": str(outside),
+             "absolute_inside": str(folder / "rgb.jpg"), "stays_inside": "nested/../rgb.jpg"}
+    records = [{"id": key, "image": name, "conversations": [H("<image>\nq"), G("a")]} for key, name in names.items()]
+    ds = _dataset(write_records(tmp_path / "d.json", records), tokenizer, folder, processor)
+    reasons = {ds[i]["id"] if isinstance(ds[i], dict) else ds[i].id: getattr(ds[i], "reason", "kept")
+               for i in range(len(records))}
+    assert reasons == {"climbs_out": "outside_image_folder", "absolute_outside": "outside_image_folder",
+                       "absolute_inside": "outside_image_folder", "stays_inside": "kept"}
+    assert ds[0].path == "../outside.jpg" and "--image_folder" in ds[0].detail
+    # without --image_folder the paths are the user's own (relative to the working directory, or absolute)
+    free = LLaVADataset(write_records(tmp_path / "e.json", records[1:2]), tokenizer, image_processor=processor,
+                        num_image_tokens=4)
+    assert free[0]["num_images"] == 1
