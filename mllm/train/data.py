@@ -49,9 +49,10 @@ class TrainData:
         return SkipReport.merged(gather_object([self.skip_report.to_dict()]))
 
 
-def build_train_data(config, processor, *, rank: int, world_size: int, grad_accum: int) -> TrainData:
+def build_train_data(config, processor, *, rank: int, world_size: int, grad_accum: int, records=None) -> TrainData:
+    """`records`: the data file's RecordStore when preflight has read it already (else the file is read here)."""
     dataset = LLaVADataset(
-        config.data_path, processor.tokenizer, template=config.template, image_folder=config.image_folder or None,
+        records if records is not None else config.data_path, processor.tokenizer, template=config.template, image_folder=config.image_folder or None,
         image_processor=processor.image_processor, num_image_tokens=processor.num_image_tokens,
         image_token_id=processor.image_token_id, max_length=config.model_max_length, strict=config.strict_data,
     )

@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..data.records import RecordStore
 from ..errors import UserError
 from .engine import detect_engine, refuse_unsupported
 from .init_from import apply_init_from
@@ -49,6 +50,7 @@ class Preflight:
     gradient_accumulation_steps: int
     run: dict  # mllm.train.run_record.run_record (the data fingerprint without its record count)
     resume_state: dict | None  # the resume checkpoint's trainer state
+    records: RecordStore | None = None  # the data file, read and parsed once here, before any model loads
 
 
 def preflight(config, world_size: int | None = None) -> Preflight:
@@ -60,6 +62,7 @@ def preflight(config, world_size: int | None = None) -> Preflight:
     except ValueError as exc:
         raise ConfigValueError(str(exc)) from exc
     check_paths(config)
+    records = read_records(config.data_path)
     plan = plan_run_dir(config.output_dir, config.resume_from, config.overwrite_output_dir)
     record = run_record(config, world_size=world, gradient_accumulation_steps=ga,
                         data=data_fingerprint(config.data_path))
@@ -68,7 +71,18 @@ def preflight(config, world_size: int | None = None) -> Preflight:
         verify_checkpoint_files(plan.resume_source)
         saved = read_trainer_state(plan.resume_source)
         check_resume(saved, record, plan.resume_checkpoint, accept=config.resume_ignore_mismatch)
-    return Preflight(plan, world, ga, record, saved)
+    return Preflight(plan, world, ga, record, saved, records)
+
+
+def read_records(path) -> RecordStore:
+    """The data file's records: one line for a file that is not a LLaVA JSON list / JSONL, or holds none."""
+    try:
+        records = RecordStore(path)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UserError(f"--data_path {path}: {exc}") from exc
+    if len(records) == 0:
+        raise UserError(f"--data_path {path} holds no records")
+    return records
 
 
 def check_paths(config) -> None:

@@ -161,7 +161,7 @@ def train(config: TrainConfig, checked: Preflight | None = None) -> Path:
     keep_trainable_precision(model, keep_llm_dtype=plan.llm_stays_in_compute_dtype(mode))
     model.train()  # a frozen tower stays in eval mode by itself (VisionTower.train)
 
-    data = build_train_data(config, processor, rank=rank, world_size=world, grad_accum=ga_steps)
+    data = build_train_data(config, processor, rank=rank, world_size=world, grad_accum=ga_steps, records=checked.records)
     steps_per_epoch = max(1, math.ceil(data.micro_batches_per_epoch / ga_steps))
     total_steps = config.max_steps if config.max_steps > 0 else max(1, math.ceil(config.num_train_epochs * steps_per_epoch))
     optimizer = _optimizer(model, config)

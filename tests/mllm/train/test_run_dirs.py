@@ -118,7 +118,8 @@ def test_log_lines_never_interleave_with_the_progress_bar(base_run):
         assert re.match(r"\d{4}-\d\d-\d\d ", line.split("\r")[-1]), repr(line[-300:])
 
 
-@pytest.mark.parametrize("case", ["missing_data", "data_is_dir", "image_folder", "projector_dir", "resume_dir",
+@pytest.mark.parametrize("case", ["missing_data", "data_is_dir", "invalid_json", "not_a_list", "no_records",
+                                  "image_folder", "projector_dir", "resume_dir",
                                   "output_dir", "negative_lr", "batch_split", "not_an_int", "scheduler"])
 def test_user_errors_fail_in_one_line_before_torch(train_env, cli, tmp_path, case):
     empty = tmp_path / "empty"
@@ -126,9 +127,15 @@ def test_user_errors_fail_in_one_line_before_torch(train_env, cli, tmp_path, cas
     taken = tmp_path / "taken"
     (taken / "checkpoint-5").mkdir(parents=True)
     (taken / "checkpoint-5" / "trainer_state.json").write_text('{"step": 5}')
+    (tmp_path / "truncated.json").write_text('[{"id": "a", "conversations": []}, {"id": ')
+    (tmp_path / "object.json").write_text('{"id": "a", "conversations": []}')
+    (tmp_path / "empty.jsonl").write_text("\n\n")
     overrides, expected = {
         "missing_data": ({"data_path": tmp_path / "missing.json"}, "missing.json does not exist"),
         "data_is_dir": ({"data_path": empty}, "is not a file"),
+        "invalid_json": ({"data_path": tmp_path / "truncated.json"}, "truncated.json: not valid JSON"),
+        "not_a_list": ({"data_path": tmp_path / "object.json"}, "must hold a list of records, got dict"),
+        "no_records": ({"data_path": tmp_path / "empty.jsonl"}, "empty.jsonl holds no records"),
         "image_folder": ({"image_folder": tmp_path / "no_images"}, "--image_folder"),
         "projector_dir": ({"pretrained_projector": empty}, "holds no projector"),
         "resume_dir": ({"resume_from": empty}, "no complete checkpoint"),
