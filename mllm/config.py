@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from .containment import check_tree, resolve_inside
@@ -188,9 +188,14 @@ class MLLMConfig(ModelSpec):
         return resolved
 
     def resolve_path(self, directory: str | Path, value: str | None) -> str | None:
-        """Resolve an external reference (the base LLM): a hub id, an absolute path, or a path relative to the
-        checkpoint directory. Unlike `contents`, it may lie anywhere: the user chose it when training."""
+        """Resolve an external reference (the base LLM or tower): a hub id, an absolute path, or a relative path,
+        tried against the checkpoint directory first, then as given (the working directory). Unlike `contents`,
+        it may lie anywhere: the user chose it when training."""
         if value is None:
             return None
         candidate = Path(directory) / value
         return str(candidate) if not Path(value).is_absolute() and candidate.exists() else value
+
+    def base_tower(self, directory: str | Path) -> TowerSpec:
+        """The tower spec with its checkpoint resolved like the base LLM's (`resolve_path`)."""
+        return replace(self.tower, checkpoint=self.resolve_path(directory, self.tower.checkpoint))

@@ -54,3 +54,7 @@ def load_tokenizer(source: str | Path, revision: str | None = None):
 
 class TokenizerLoadError(UserError, OSError):
     """No tokenizer at the given place (kept an OSError for callers that catch those)."""
+
+
+class LLMLoadError(UserError, OSError):
+    """No LLM at the given place: not a local model directory, and no such hub repo reachable (an OSError too)."""

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .config import QUANTIZATIONS, LoraSpec
-from .hub import pretrained_kwargs, refusing_remote_code
+from .hub import LLMLoadError, pretrained_kwargs, refusing_remote_code
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def load_llm(
         with refusing_remote_code(name_or_path, "LLM"):
             model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
     except OSError as exc:
-        raise OSError(
+        raise LLMLoadError(
             f"could not load the LLM {name_or_path!r}: not a local directory with a config.json, and the hub is "
             f"unreachable or has no such repo ({exc})"
         ) from exc

@@ -78,7 +78,7 @@ def external_references(directory: str | Path, manifest: MLLMConfig) -> dict[str
     if "llm" not in manifest.contents:
         refs["LLM"] = describe_reference(manifest.resolve_path(directory, manifest.llm), manifest.llm_revision)
     if "vision_tower" not in manifest.contents:
-        refs["tower"] = describe_reference(manifest.tower.checkpoint, manifest.tower.revision)
+        refs["tower"] = describe_reference(manifest.base_tower(directory).checkpoint, manifest.tower.revision)
     return refs
 
 
@@ -156,7 +156,7 @@ def load_model(
         llm = load_llm(llm_source, quantization=quant, dtype=compute_dtype, device_map=device_map, revision=revision)
         if adapter_dir is not None:
             llm = load_adapter(llm, adapter_dir, trainable=trainable, dtype=compute_dtype)
-    tower = load_tower(manifest.tower, directory=parts.get("vision_tower"), dtype=compute_dtype)
+    tower = load_tower(manifest.base_tower(directory), directory=parts.get("vision_tower"), dtype=compute_dtype)
     d_llm = llm.get_input_embeddings().weight.shape[1]
     proj = load_projector(
         parts["projector"],

@@ -50,7 +50,7 @@ def tower_arch(checkpoint: Path, manifest: MLLMConfig) -> tuple[str | None, str 
     """(arch, name) of the checkpoint's tower from configs alone (no weights); arch None when none says."""
     from vision_tower.config import PRESETS, resolve_config
 
-    spec, contents = manifest.tower, manifest.contents
+    spec, contents = manifest.base_tower(checkpoint), manifest.contents
     sources: list = [checkpoint / contents["vision_tower"] / "config.json"] if "vision_tower" in contents else []
     sources += [spec.config] if spec.config is not None else []
     if spec.checkpoint and Path(spec.checkpoint, "config.json").is_file():

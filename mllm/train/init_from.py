@@ -29,7 +29,7 @@ def apply_init_from(config):
     if "adapter" in contents:
         raise UserError(f"--init_from {directory}: the checkpoint is a LoRA adapter on {manifest.llm}; merge it "
                         f"into full weights first (llm2clip-llava merge {directory} MERGED), then --init_from MERGED")
-    tower = manifest.tower
+    tower = manifest.base_tower(directory)
     own_tower = "vision_tower" in contents
     llm = directory / contents["llm"] if "llm" in contents else manifest.resolve_path(directory, manifest.llm)
     changes = {

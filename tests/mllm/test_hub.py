@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from mllm import LoraSpec, MLLMConfig, TowerSpec, build_model, load_model, save_pretrained
-from mllm.hub import RemoteCodeRefusedError
+from mllm.errors import UserError
+from mllm.hub import LLMLoadError, RemoteCodeRefusedError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -181,8 +182,9 @@ def test_unknown_revision_is_named(fake_hub):
 
     with pytest.raises(VisionTowerLoadError, match="'v3'"):
         load_vision_tower("acme/tower", revision="v3")
-    with pytest.raises(OSError):
+    with pytest.raises(LLMLoadError, match="could not load the LLM 'acme/llm'") as info:
         build_model("acme/llm", llm_revision="v3", tower=TowerSpec(checkpoint="acme/tower", config=None))
+    assert isinstance(info.value, UserError) and isinstance(info.value, OSError)  # one CLI line; old callers' except
 
 
 def test_train_config_has_revision_flags_with_help():

@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from mllm import ManifestError, load_model, save_pretrained
 from mllm.containment import ManifestPathError
@@ -148,3 +149,24 @@ def test_chat_banner_names_the_external_base_llm(saved):
     bot = load(saved / "good")
     text = banner(bot.info())
     assert f"base LLM: {bot.config.llm} (external reference: local path" in text
+
+
+def test_relative_base_llm_and_tower_resolve_against_the_checkpoint(saved, tmp_path, monkeypatch, tiny_llm_dirs,
+                                                                    tiny_tower_dir):
+    """A checkpoint shipped next to its bases (manifest: ../llm, ../tower) loads from any working directory,
+    the tower resolved the same way as the LLM."""
+    shipped = tmp_path / "shipped"
+    ckpt = Path(shutil.copytree(saved / "good", shipped / "ckpt"))
+    shutil.copytree(tiny_llm_dirs("llama"), shipped / "llm")
+    shutil.copytree(tiny_tower_dir, shipped / "tower")
+    data = json.loads((ckpt / "config.json").read_text())
+    assert "vision_tower" not in data["contents"] and "llm" not in data["contents"]  # both are external references
+    data["llm"], data["tower"]["checkpoint"] = "../llm", "../tower"
+    (ckpt / "config.json").write_text(json.dumps(data))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    model, _ = load_model(ckpt)
+    reference, _ = load_model(saved / "good")
+    for key, value in reference.vision_tower.state_dict().items():
+        assert torch.equal(model.vision_tower.state_dict()[key], value), key
