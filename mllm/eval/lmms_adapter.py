@@ -48,6 +48,18 @@ def _check_ll_format(value: str) -> None:
         raise ValueError(f"loglikelihood must be 'nll' or 'logprob', got {value!r}")
 
 
+def _flag(name: str, value: bool | str) -> bool:
+    """A boolean model_arg: lmms-eval passes `--model_args` values as strings (`merge_on_load=true`)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    raise ValueError(f"{name} must be true or false, got {value!r}")
+
+
 class _NoCacheHook:
     def add_partial(self, attr, req, res) -> None:
         pass
@@ -62,11 +74,13 @@ class LLM2CLIPLlava(_LmmsBase):
 
     def __init__(self, pretrained: str, device: str | None = None, batch_size: int | str = 1,
                  dtype: str | None = None, quantization: str | None = "auto", max_new_tokens: int | str = 1024,
-                 loglikelihood: str = "nll", max_batch_size=None, **unknown) -> None:
+                 loglikelihood: str = "nll", max_batch_size=None, merge_on_load: bool | str = False,
+                 **unknown) -> None:
         if unknown:
             raise TypeError(f"llm2clip_llava got unknown model_args {sorted(unknown)}; known: pretrained, device, "
-                            "batch_size, dtype, quantization, max_new_tokens, loglikelihood")
+                            "batch_size, dtype, quantization, max_new_tokens, loglikelihood, merge_on_load")
         _check_ll_format(loglikelihood)
+        merge_on_load = _flag("merge_on_load", merge_on_load)
         import torch
 
         from ..serialization import load_model
@@ -75,7 +89,7 @@ class LLM2CLIPLlava(_LmmsBase):
             local = int(os.environ.get("LOCAL_RANK", "0"))
             device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
         model, processor = load_model(pretrained, quantization=None if quantization == "none" else quantization,
-                                      dtype=dtype, device=device)
+                                      dtype=dtype, device=device, merge_on_load=merge_on_load)
         self._setup(model, processor, batch_size, max_new_tokens, loglikelihood)
 
     @classmethod

@@ -241,3 +241,21 @@ def test_batch_size_in_model_args_and_from_lmms_eval_both_work(tiny_checkpoint):
     assert lm.batch_size == 8 and lm.max_new_tokens == 3
     lm = LLM2CLIPLlava.create_from_arg_string(f"pretrained={tiny_checkpoint}", {"batch_size": "3", "device": "cpu"})
     assert lm.batch_size == 3
+
+
+def test_merge_on_load_model_arg_reaches_the_loader(tiny_checkpoint, monkeypatch):
+    """`--model_args pretrained=...,merge_on_load=true` serves the bf16/fp32 merge, as `eval --merge-on-load` does."""
+    import mllm.serialization as serialization
+
+    real_load, seen = serialization.load_model, []
+
+    def spy(directory, **kwargs):
+        seen.append(kwargs["merge_on_load"])
+        return real_load(directory, **kwargs)
+
+    monkeypatch.setattr(serialization, "load_model", spy)
+    for text, expected in (("true", True), ("False", False)):
+        LLM2CLIPLlava.create_from_arg_string(f"pretrained={tiny_checkpoint},merge_on_load={text}", {"device": "cpu"})
+        assert seen[-1] is expected
+    with pytest.raises(ValueError, match="merge_on_load must be true or false"):
+        LLM2CLIPLlava(str(tiny_checkpoint), device="cpu", merge_on_load="maybe")
