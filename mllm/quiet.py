@@ -12,6 +12,9 @@ HARMLESS_LOG_MESSAGES: dict[str, tuple[str, ...]] = {
     # bitsandbytes >= 0.48 looks for an optional hub kernel package (`kernels`) for its CPU 4-bit matmul and
     # warns when it is absent; its built-in kernel is used instead (and we disable the repacked CPU path anyway).
     "bitsandbytes.backends.cpu.ops": ("Failed to load CPU gemm_4bit_forward from kernels-community",),
+    # DeepSpeed (installed for the ZeRO configs) is imported by accelerate in every run; on a machine without a
+    # GPU it warns that it chose its CPU accelerator, which is what a CPU run wants
+    "DeepSpeed": ("Setting accelerator to CPU.",),
 }
 # (category, message regex) of Python warnings raised inside libraries, not by our code
 HARMLESS_WARNINGS: tuple[tuple[type[Warning], str], ...] = (

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -123,6 +125,21 @@ def test_known_harmless_warnings_are_silenced_in_every_command(tmp_path, capsys,
         warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning)
         warnings.warn("some other future change", FutureWarning)
     assert [str(w.message) for w in seen] == ["some other future change"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only message")
+def test_deepspeeds_cpu_accelerator_notice_is_silenced():
+    """DeepSpeed logs through its own handler (not propagated), so this runs the real import in a fresh process."""
+    pytest.importorskip("deepspeed")
+    probe = ("import sys; {setup}from deepspeed.accelerator import get_accelerator; get_accelerator(); "
+             "from deepspeed.utils import logger; logger.warning('another DeepSpeed warning')")
+    quiet = "from mllm.quiet import silence_known_warnings; silence_known_warnings(); "
+    for setup, shown in (("", True), (quiet, False)):
+        done = subprocess.run([sys.executable, "-c", probe.format(setup=setup)], capture_output=True, text=True,
+                              check=True)
+        output = done.stdout + done.stderr
+        assert ("Setting accelerator to CPU" in output) is shown, output[-2000:]
+        assert "another DeepSpeed warning" in output
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only message")
