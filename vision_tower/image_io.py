@@ -192,7 +192,8 @@ def _gray_to_uint8(arr: np.ndarray, sixteen_bit: bool) -> np.ndarray:
         finite = np.nan_to_num(arr.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
         scale = 255.0 if finite.size and 0.0 <= finite.min() and finite.max() <= 1.0 else 1.0
         return np.clip(np.rint(finite * scale), 0, 255).astype(np.uint8)
-    arr = arr.astype(np.int64)
-    if sixteen_bit or (arr.size and arr.max() > 255):
-        arr = np.rint(arr / 257.0)
-    return np.clip(arr, 0, 255).astype(np.uint8)
+    scaled = sixteen_bit or bool(arr.size and arr.max() > 255)
+    # integer arithmetic in uint32 (4 bytes a pixel, not int64 + float64 copies of a large image):
+    # (x + 128) // 257 == rint(x / 257) for integers, since x / 257 is never exactly halfway
+    arr = np.clip(arr, 0, 65535 if scaled else 255).astype(np.uint32, copy=False)
+    return ((arr + 128) // 257 if scaled else arr).astype(np.uint8)

@@ -128,3 +128,17 @@ def test_error_is_picklable_for_dataloader_workers():
         ImageLoadError("weird", "/x")
     with pytest.raises(TypeError):
         load_image(12345)
+
+
+def test_high_bit_depth_gray_equals_the_rounded_rescale():
+    """Every 16-bit value (and 32-bit ints outside 0..65535) maps as rint(x / 257) clipped to 0..255."""
+    from vision_tower.image_io import _gray_to_uint8
+
+    every = np.arange(65536, dtype=np.uint16)
+    expected = np.clip(np.rint(every.astype(np.float64) / 257.0), 0, 255).astype(np.uint8)
+    assert np.array_equal(_gray_to_uint8(every, sixteen_bit=True), expected)
+    wide = np.array([-5, 0, 255, 256, 257 * 40, 65535, 70000, 2**31 - 1], dtype=np.int32)
+    expected = np.clip(np.rint(wide.astype(np.float64) / 257.0), 0, 255).astype(np.uint8)
+    assert np.array_equal(_gray_to_uint8(wide, sixteen_bit=False), expected)
+    small = np.array([-3, 0, 17, 255], dtype=np.int32)  # 8-bit data in a 32-bit image: clipped, not rescaled
+    assert _gray_to_uint8(small, sixteen_bit=False).tolist() == [0, 0, 17, 255]
