@@ -13,10 +13,14 @@ import re
 import sys
 from pathlib import Path
 
-from mllm.chat.api import IMAGE_MODES, add_model_loading_args
+from mllm import checks
+from mllm.chat.api import IMAGE_MODES
+from mllm.chat.command import add_model_loading_args, load_for_command
 from mllm.checks import OptionError
 
-from .handlers import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_SESSION_TTL
+from .examples import make_examples
+from .handlers import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_SESSION_TTL, DemoBackend
+from .workspace import DemoWorkspace
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,8 +90,6 @@ def parse_logins(pairs: list[str], auth_file: str | None) -> list[tuple[str, str
 def check_options(args) -> list[tuple[str, str]]:
     """Everything about the flags that can be wrong, checked before the model loads (`UserError`: one line, exit 2).
     Returns the logins."""
-    from mllm import checks
-
     for name in ("concurrency", "max_queue", "upload_concurrency", "max_image_pixels", "max_sessions"):
         checks.at_least(f"--{name.replace('_', '-')}", getattr(args, name), 1)
     if args.session_ttl <= 0:
@@ -106,18 +108,13 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phoning home from a local demo
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from mllm.chat.api import load_for_command
-
     bot, code = load_for_command("llm2clip-llava demo", args, max_new_tokens=args.max_new_tokens,
                                  temperature=args.temperature, top_p=args.top_p)
     if bot is None:
         return code
     settings = bot.default_settings
 
-    from .examples import make_examples
-    from .handlers import DemoBackend
-    from .ui import CSS, build_demo, public_name, theme
-    from .workspace import DemoWorkspace
+    from .ui import CSS, build_demo, public_name, theme  # gradio loads only to serve, not for --help or a bad flag
 
     with DemoWorkspace() as workspace:
         examples = make_examples(args.examples_dir or workspace / "examples")

@@ -1,4 +1,4 @@
-"""Example images for the demo, drawn at startup by the quickstart's own scene renderer (no downloads).
+"""Example images for the demo, drawn at startup by the quickstart's scene renderer (no downloads).
 
 They are scenes of the synthetic shapes domain the quickstart checkpoint is trained on, with questions in
 the training data's wording, so the default demo has examples its default model can actually answer.
@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from mllm.quickstart.synthetic import SHORT_ANSWER_SUFFIX, Scene, SceneObject, ShapesConfig, render_scene
+from mllm.synthetic_shapes import IMAGE_SIZE, SHORT_ANSWER_SUFFIX, Scene, SceneObject, render_scene
 
 # (file stem, objects as (shape, colour, size, cell), rows, question, short-answer question?)
 EXAMPLES = (
@@ -22,15 +22,14 @@ EXAMPLES = (
 )
 
 
-def make_examples(directory: str | Path, config: ShapesConfig | None = None) -> list[tuple[str, str]]:
+def make_examples(directory: str | Path, image_size: int = IMAGE_SIZE) -> list[tuple[str, str]]:
     """Draw the example scenes as PNGs into `directory`; return [(image path, question)] for `gr.Examples`."""
-    config = config or ShapesConfig()
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     out = []
     for stem, objects, rows, question, short in EXAMPLES:
         scene = Scene([SceneObject(shape, colour, size, cell) for shape, colour, size, cell in objects], rows)
         path = directory / f"{stem}.png"
-        render_scene(config, scene, random.Random(f"demo/{stem}")).save(path)
+        render_scene(scene, random.Random(f"demo/{stem}"), image_size).save(path)
         out.append((str(path), question + (SHORT_ANSWER_SUFFIX if short else "")))
     return out

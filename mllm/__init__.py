@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "MLLM": "mllm.modeling",
     "MLLMOutput": "mllm.modeling",
-    "ImageCountError": "mllm.modeling",
+    "ImageCountError": "mllm.errors",
     "MLLMConfig": "mllm.config",
     "ModelSpec": "mllm.config",
     "ModelSpecError": "mllm.config",

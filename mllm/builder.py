@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from projector import build_projector, load_projector
+from vision_tower import load_vision_tower
 
 from .config import MLLMConfig, ModelSpec, TowerSpec
 from .hub import load_tokenizer
@@ -25,8 +26,6 @@ def tower_name(tower) -> str | None:
 
 def load_tower(spec: TowerSpec, *, directory: str | Path | None = None, dtype: torch.dtype = torch.float32):
     """The tower a spec names; `directory` overrides the source (a tower saved inside a checkpoint)."""
-    from vision_tower import load_vision_tower
-
     return load_vision_tower(
         str(directory) if directory is not None else spec.checkpoint,
         config=spec.config,

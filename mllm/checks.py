@@ -8,7 +8,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .config import MLLMConfig
 from .errors import UserError
+from .paths import resolve_model_dir
 
 
 class OptionError(UserError, ValueError):
@@ -99,9 +101,6 @@ def device(value: str | None, what: str = "--device"):
 def checkpoint(model: str | os.PathLike | None):
     """(directory, manifest) of a checkpoint argument (None: the quickstart's), with every listed part checked
     present and inside the directory — before any weights are read."""
-    from .config import MLLMConfig
-    from .paths import resolve_model_dir
-
     directory = resolve_model_dir(model)
     if not directory.exists():
         raise OptionError(f"checkpoint {str(directory)!r} does not exist")

@@ -11,6 +11,9 @@ import os
 import sys
 import traceback
 
+from .errors import user_error_types
+from .quiet import silence_known_warnings
+
 # name -> (module exposing main(argv), one-line summary)
 COMMANDS: dict[str, tuple[str, str]] = {
     "quickstart": ("mllm.quickstart.run", "Generate synthetic data, train a tiny model end to end on the CPU, report."),
@@ -52,11 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"llm2clip-llava: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    from .quiet import silence_known_warnings
 
     silence_known_warnings()  # before the command imports the libraries that warn at import time
     module = importlib.import_module(COMMANDS[name][0])
-    from .errors import user_error_types
 
     try:
         # A module serving several commands (pretrain/finetune) receives the command name first.

@@ -15,6 +15,8 @@ import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
+from vision_tower.config import DEFAULT_PRESET, PRESETS
+
 from .containment import check_tree, resolve_inside
 from .errors import UserError
 
@@ -51,8 +53,6 @@ class TowerSpec:
     @classmethod
     def from_preset(cls, preset: str, **changes) -> "TowerSpec":
         """The tower of a preset: its hub checkpoint (None when it names none), its config and its name."""
-        from vision_tower.config import PRESETS
-
         checkpoint = PRESETS[preset].hub_id if preset in PRESETS else cls.checkpoint
         return cls(**{"checkpoint": checkpoint, "config": preset, "name": preset, **changes})
 
@@ -85,8 +85,6 @@ class ModelSpec:
 
     def __post_init__(self):
         if self.tower is None or isinstance(self.tower, str):
-            from vision_tower.config import DEFAULT_PRESET
-
             self.tower = TowerSpec.from_preset(self.tower or DEFAULT_PRESET)
         elif isinstance(self.tower, dict):
             self.tower = TowerSpec(**self.tower)

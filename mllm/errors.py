@@ -5,7 +5,8 @@ Every command runs under `mllm.cli.main`, which prints a `UserError` as one line
 and keeps its traceback. `--verbose` (or `LLM2CLIP_LLAVA_TRACEBACK=1`) shows the traceback of user errors too.
 
 Errors raised by `vision_tower` and `projector` (packages that do not import `mllm`) are registered here as
-user errors by class, so those packages stay independent.
+user errors by class, so those packages stay independent. Errors that a light module raises and a heavy one
+catches (or the other way round) live here too, so neither has to import the other for its error class.
 """
 from __future__ import annotations
 
@@ -35,6 +36,23 @@ def user_error_types() -> tuple[type[BaseException], ...]:
         if module is not None:
             found += [getattr(module, name) for name in names]
     return tuple(found)
+
+
+class TemplateError(ValueError):
+    """A conversation that cannot be rendered or masked; ``reason`` is a short category used for counting.
+
+    Raised by `mllm.templates` and `mllm.data.labels`, counted as a skipped sample by the data pipeline."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class ImageCountError(ValueError):
+    """The number of image placeholders does not match the number of images given.
+
+    Raised by the processor (torch-free) and by the model (`mllm.modeling`)."""
 
 
 class OneLineErrorParser(argparse.ArgumentParser):

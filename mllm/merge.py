@@ -11,6 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
+from . import checks
 from .config import MLLMConfig
 from .containment import describe_reference
 from .errors import UserError
@@ -26,8 +27,6 @@ class MergeError(UserError, ValueError):
 
 def check_merge(checkpoint: str | Path, output: str | Path, dtype: str, base: str) -> tuple[MLLMConfig, str]:
     """Everything `merge` needs, checked before the LLM loads: (manifest, the base actually used)."""
-    from . import checks
-
     checkpoint, output = Path(checkpoint), Path(output)
     if dtype not in DTYPES:
         raise MergeError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")

@@ -15,11 +15,8 @@ from torch import nn
 
 from .config import MLLMConfig, ModelSpec
 from .constants import IGNORE_INDEX
+from .errors import ImageCountError
 from .llm import base_causal_lm, input_device
-
-
-class ImageCountError(ValueError):
-    """The number of image placeholders does not match the number of images given."""
 
 
 @dataclass

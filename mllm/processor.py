@@ -8,7 +8,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .constants import IMAGE_TOKEN
-from .modeling import ImageCountError
+from .errors import ImageCountError
+from .templates import encode
 from .tokenization import add_image_token, ensure_bos, expand_image_tokens, pad_sequences, tokenize_with_offsets
 
 
@@ -76,8 +77,6 @@ class MLLMProcessor:
         return self._encode_prompt(conversations, template).input_ids
 
     def _encode_prompt(self, conversations, template: str | None = None):
-        from .templates import encode
-
         return encode(conversations, template or self.template, self.tokenizer, image_token_id=self.image_token_id,
                       num_image_tokens=self.num_image_tokens, max_length=self.model_max_length,
                       add_generation_prompt=True)

@@ -14,19 +14,12 @@ import abc
 from dataclasses import dataclass, field
 
 from .constants import IGNORE_INDEX, IMAGE_TOKEN
+from .data.labels import check_supervision, label_from_spans, truncate
+from .errors import TemplateError
 from .tokenization import expand_image_tokens, tokenize_with_offsets
 
 USER, ASSISTANT, SYSTEM = "user", "assistant", "system"
 ROLE_ALIASES = {"human": USER, "user": USER, "gpt": ASSISTANT, "assistant": ASSISTANT, "system": SYSTEM}
-
-
-class TemplateError(ValueError):
-    """A conversation that cannot be rendered or masked; ``reason`` is a short category used for counting."""
-
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
 
 
 @dataclass
@@ -362,8 +355,6 @@ def encode(
 
     Raises :class:`TemplateError` (``reason`` for counting) for conversations that cannot be encoded.
     """
-    from .data.labels import check_supervision, label_from_spans, truncate
-
     conv = normalize_conversation(conversations, add_generation_prompt)
     rendered = get_template(template).render(conv, tokenizer, add_generation_prompt)
     if not getattr(tokenizer, "is_fast", False):

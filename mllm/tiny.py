@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from vision_tower import VisionTowerConfig, build_vision_tower
+
 LLM_FAMILIES = ("llama", "mistral", "qwen2", "gemma", "phi3")
 
 
@@ -85,8 +87,6 @@ def tiny_tower_config(*, arch: str = "eva02", image_size: int = 28, patch_size: 
                       rope_pt_grid: int | None = None):
     """A tower config with the real structure at toy size: `eva02` (RoPE, SwiGLU + sub-LN, CLS; the LLM2CLIP
     tower) or `clip` (transformers' CLIPVisionModel, quick-GELU; LLaVA-1.5's OpenAI CLIP tower)."""
-    from vision_tower import VisionTowerConfig
-
     common = dict(name=f"tiny-{arch}-{image_size}-{patch_size}", image_size=image_size, patch_size=patch_size,
                   hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads,
                   intermediate_size=intermediate_size)
@@ -99,8 +99,6 @@ def tiny_tower_config(*, arch: str = "eva02", image_size: int = 28, patch_size: 
 
 def save_tiny_tower(directory: str | Path, *, seed: int = 0, **sizes) -> Path:
     """Randomly initialise a tiny tower (EVA02 unless `arch="clip"`) and save it with `save_pretrained`."""
-    from vision_tower import build_vision_tower
-
     torch.manual_seed(seed)
     tower = build_vision_tower(tiny_tower_config(**sizes))
     tower.save_pretrained(str(directory))

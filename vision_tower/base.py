@@ -17,7 +17,9 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
+from .checkpoint import VisionCheckpointError
 from .config import CONFIG_MODEL_TYPE, VisionTowerConfig
+from .processor import ImageProcessor
 
 logger = logging.getLogger(__name__)
 
@@ -131,8 +133,6 @@ class VisionTower(nn.Module):
     @property
     def image_processor(self):
         """The tower's own preprocessing (CLIP convention: resize short side, center crop, normalise)."""
-        from .processor import ImageProcessor
-
         return ImageProcessor(self.image_size, self.config.image_mean, self.config.image_std, mode="crop")
 
     # ------------------------------------------------------------------ selection
@@ -251,8 +251,6 @@ class VisionTower(nn.Module):
 
     def load_canonical_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
         """Strict load from canonical names; missing, unexpected or mis-shaped keys raise `VisionCheckpointError`."""
-        from .checkpoint import VisionCheckpointError
-
         key_map = self.canonical_key_map()
         own = self.state_dict()
         missing = sorted(set(key_map) - set(state_dict))

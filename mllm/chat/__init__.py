@@ -1,6 +1,7 @@
 """Chat with a checkpoint: a Python API (`load`, `ChatModel.chat`), the context budget all of them share
 (`mllm.chat.context`), the chat state shared by the terminal chat and the demo (`ChatSession`), saved
-conversations (`mllm.chat.conversation_file`), and the `llm2clip-llava chat` command (`mllm.chat.cli`).
+conversations (`mllm.chat.conversation_file`), and the `llm2clip-llava chat` command (`mllm.chat.cli`; the flags
+and checks it shares with the demo are in `mllm.chat.command`, so the Python API neither prints nor exits).
 
 Exports are imported lazily, so the pure chat-state code does not import torch.
 """

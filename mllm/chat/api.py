@@ -17,12 +17,17 @@ import logging
 import threading
 from pathlib import Path
 
+import torch
+
+from vision_tower import load_image
+
+from .. import serialization  # by module: `serialization.load_model` is looked up when called (tests spy on it)
 from ..constants import IMAGE_TOKEN
+from ..errors import ImageCountError
 from ..generation import GenerationSettings, generate_ids
 from ..llm import base_causal_lm, stop_token_ids
-from ..modeling import ImageCountError
 from ..paths import resolve_model_dir
-from ..serialization import external_references
+from ..templates import encode
 from .context import ContextFit, default_max_new_tokens, fit_conversation
 from .streaming import TextStream
 
@@ -64,15 +69,11 @@ class ChatModel:
         CUDA when available; `device_map` spreads the LLM over several devices instead. `merge_on_load=True`
         serves an adapter folded into a bf16 copy of its base (see `mllm.load_model`).
         """
-        import torch
-
-        from ..serialization import load_model
-
         directory = resolve_model_dir(model)
         if device is None and device_map is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        mllm, processor = load_model(directory, quantization=quantization, dtype=dtype, device_map=device_map,
-                                     device=device, merge_on_load=merge_on_load)
+        mllm, processor = serialization.load_model(directory, quantization=quantization, dtype=dtype,
+                                                   device_map=device_map, device=device, merge_on_load=merge_on_load)
         return cls(mllm, processor, source=directory, settings=settings)
 
     # ------------------------------------------------------------------ facts
@@ -134,7 +135,7 @@ class ChatModel:
             "num_image_tokens": self.processor.num_image_tokens,
             "model_max_length": self.processor.model_max_length,
             # what is read from outside the checkpoint directory (base LLM / tower by hub id or path)
-            "external": external_references(self.source, config) if self.source is not None else {},
+            "external": serialization.external_references(self.source, config) if self.source is not None else {},
         }
 
     # ------------------------------------------------------------------ inputs
@@ -158,8 +159,6 @@ class ChatModel:
         image or a list (paths, bytes, file objects or PIL images), in marker order. Without any marker the
         images go at the start of the first user turn, as in LLaVA's data.
         """
-        from vision_tower import load_image
-
         turns, sources = cls._normalize(messages, images)
         return turns, [load_image(src) for src in sources]
 
@@ -198,8 +197,6 @@ class ChatModel:
 
     def prompt_length(self, messages, images=None) -> int:
         """Tokens in the generation prompt of `messages` (image placeholders included; images are not read)."""
-        from ..templates import encode
-
         turns, _ = self._normalize(messages, images, check=False)
         proc = self.processor
         return len(encode(turns, proc.template, proc.tokenizer, image_token_id=proc.image_token_id,
@@ -251,61 +248,6 @@ class ChatModel:
                              stop_token_ids=self._stop_ids, stop_event=stop_event)
         stream_.fit = fit
         return stream_
-
-
-def add_model_loading_args(parser) -> None:
-    """The --quantization/--dtype/--device/--merge-on-load flags `chat` and `demo` share (read by `load_for_command`)."""
-    parser.add_argument("--quantization", default="auto", choices=("auto", "none", "4bit", "8bit"),
-                        help="auto = as trained (a QLoRA adapter runs on its 4-bit base when bitsandbytes is installed)")
-    parser.add_argument("--dtype", default=None, choices=("auto", "fp32", "bf16", "fp16"),
-                        help="compute dtype (default: bf16 on CUDA, fp32 on CPU)")
-    parser.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu (default: cuda if available)")
-    parser.add_argument("--merge-on-load", action="store_true",
-                        help="fold a LoRA/QLoRA adapter into a bf16 copy of its base when loading: more memory "
-                             "(7B: ~13.5 GB instead of ~4 GB), faster batched generation")
-
-
-def check_for_command(args, **settings) -> tuple[Path, dict]:
-    """What `chat` and `demo` check before loading anything: the generation flags, the device, and the
-    checkpoint (its manifest and every part it lists). Raises a `UserError` (one line, exit 2). Returns the
-    checkpoint directory and the settings given (None values dropped: the model's defaults apply, e.g.
-    max_new_tokens derived from its context window)."""
-    from .. import checks
-
-    settings = {name: value for name, value in settings.items() if value is not None}
-    try:
-        generation = GenerationSettings(**settings)
-        generation.kwargs()
-        # sampling values too, even while greedy: the temperature can be raised later in the session
-        dataclasses.replace(generation, temperature=max(generation.temperature, 1.0)).kwargs()
-    except ValueError as exc:
-        raise checks.OptionError(str(exc)) from exc
-    checks.device(args.device)
-    directory, _ = checks.checkpoint(args.model)
-    return directory, settings
-
-
-def load_for_command(prog: str, args, **settings) -> tuple["ChatModel | None", int]:
-    """What `chat` and `demo` do first: `check_for_command`, then load ``args.model``.
-
-    A bad flag or checkpoint raises a `UserError` before any weights are read (one line, exit 2). Returns
-    (model, 0), or (None, 1) after printing why a checkpoint that passed the checks still failed to load."""
-    import sys
-
-    from ..errors import user_error_types
-
-    directory, settings = check_for_command(args, **settings)
-    try:
-        bot = ChatModel.from_pretrained(directory, quantization=args.quantization, dtype=args.dtype,
-                                        device=args.device, merge_on_load=getattr(args, "merge_on_load", False))
-    except user_error_types():
-        raise
-    except Exception as exc:  # e.g. unreadable weights
-        print(f"{prog}: error: cannot load the model: {type(exc).__name__}: {' '.join(str(exc).split())}",
-              file=sys.stderr)
-        return None, 1
-    bot.default_settings = bot.settings(**settings)
-    return bot, 0
 
 
 def _join_parts(parts, embedded: list, turn: int) -> str:

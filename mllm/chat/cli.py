@@ -9,8 +9,12 @@ import argparse
 import dataclasses
 import sys
 
-from .api import IMAGE_MODES, add_model_loading_args
-from .session import ChatSession, ChatStateError, Note
+from .api import IMAGE_MODES
+from .command import add_model_loading_args, load_for_command
+from .conversation_file import ConversationFileError, read_conversation, save_conversation
+from .images import ImageLoadError, check_image, explain, open_image
+from .session import ChatSession, ChatStateError, ImageRef, Note
+from .turn import run_turn
 
 SETTING_TYPES = {"temperature": float, "top_p": float, "top_k": int, "max_new_tokens": int,
                  "repetition_penalty": float}
@@ -76,8 +80,6 @@ class TerminalChat:
 
     # ------------------------------------------------------------------ actions
     def load_image(self, path: str | None) -> bool:
-        from .images import ImageLoadError, explain, open_image
-
         start = len(self.session.items)
         try:
             if path is None:
@@ -92,8 +94,6 @@ class TerminalChat:
         return True
 
     def ask(self, question: str) -> None:
-        from .turn import run_turn
-
         try:
             exchange = self.session.ask(question)
         except ChatStateError as exc:
@@ -166,8 +166,6 @@ class TerminalChat:
         return True
 
     def save(self, path: str) -> bool:
-        from .conversation_file import ConversationFileError, save_conversation
-
         try:
             written = save_conversation(self.session, path)
         except (ConversationFileError, OSError) as exc:
@@ -178,10 +176,6 @@ class TerminalChat:
 
     def load(self, path: str) -> bool:
         """Continue the conversation saved in `path`; its image is read like `/image`'s."""
-        from .conversation_file import ConversationFileError, read_conversation
-        from .images import ImageLoadError, explain, open_image
-        from .session import ImageRef
-
         start = len(self.session.items)
         try:
             saved = read_conversation(path)
@@ -256,14 +250,10 @@ def banner(info: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .api import load_for_command
-    from .images import check_image
 
     if args.image:
         check_image(args.image)  # before the model loads: a bad image is one line, exit 2
     if args.load:
-        from .conversation_file import read_conversation
-
         saved = read_conversation(args.load)  # likewise a conversation file that cannot be continued
         if saved.image_path is not None:
             check_image(saved.image_path)

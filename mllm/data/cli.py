@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 
 from ..errors import UserError
+from . import llava_layout as L
+from .layout_check import check_llava_root
 
 LAYOUTS = ("llava",)
 
@@ -54,8 +56,6 @@ def _benchmarks(text: str | None) -> list[str] | None:
 
 
 def print_sources(root: str) -> None:
-    from . import llava_layout as L
-
     def block(title: str, lines: tuple[str, ...], extra: str = "") -> None:
         print(f"# {title}" + (f" ({extra})" if extra else ""))
         for line in L.commands(lines, root):
@@ -79,7 +79,6 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(args.root).is_dir():
         raise UserError(f"{args.root} is not a directory")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from .layout_check import check_llava_root
 
     try:
         report = check_llava_root(args.root, benchmarks=_benchmarks(args.benchmarks), training=not args.no_training,

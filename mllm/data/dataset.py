@@ -7,6 +7,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from vision_tower import load_image
+
 from ..constants import IMAGE_TOKEN
 from ..templates import TemplateError, encode, get_template
 from .records import RecordError, RecordStore, image_paths, record_id
@@ -55,9 +57,7 @@ class LLaVADataset(Dataset):
             max_length = model_max if model_max is not None and model_max < 1_000_000 else None
         self.max_length = max_length
         self.strict = strict
-        if image_loader is None:
-            from vision_tower import load_image as image_loader
-        self.image_loader = image_loader
+        self.image_loader = image_loader or load_image
 
     def __len__(self) -> int:
         return len(self.records)

@@ -4,14 +4,14 @@ The rendered prompt is tokenized once with offsets; a token is supervised when i
 an assistant-response span (response plus end-of-turn text). The check then proves, per sample, that the
 supervised tokens are exactly those responses: one contiguous run per response, spilling over the span only
 by whitespace (a SentencePiece ``▁`` that belongs to the separator), and decoding back to the response text.
-Anything else is a :class:`~mllm.templates.TemplateError`, so a mis-masked sample is counted, not trained on.
+Anything else is a :class:`~mllm.errors.TemplateError`, so a mis-masked sample is counted, not trained on.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..constants import IGNORE_INDEX
-from ..templates import TemplateError
+from ..errors import TemplateError
 
 
 def span_overlaps(offsets, spans) -> np.ndarray:

@@ -18,6 +18,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..eval.benchmarks import load_benchmark
 from . import llava_layout as L
 
 log = logging.getLogger(__name__)
@@ -283,8 +284,6 @@ class LayoutChecker:
 
     def _load_items(self, piece: L.EvalPiece, data: Path, rel: str, name: str, downloads: list[str]):
         """The benchmark's own reader (what `eval` will run): its refusal is the problem to report."""
-        from ..eval.benchmarks import load_benchmark
-
         options = dict(piece.options)
         scratch = None
         if piece.benchmark in ("mmbench", "mmbench_cn"):  # its reader decodes the TSV's images to a cache folder

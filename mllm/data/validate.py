@@ -14,7 +14,15 @@ from collections import Counter
 
 from torch.utils.data import DataLoader, Dataset
 
+from projector.registry import UnknownProjectorError, image_token_count, projector_class
+from vision_tower import ImageProcessor
+from vision_tower.config import PRESETS
+
+from .. import checks
+from ..checks import OptionError
+from ..hub import load_tokenizer
 from ..templates import TEMPLATES
+from ..tokenization import add_image_token
 from .dataset import LLaVADataset
 from .report import DataError, SkippedSample, SkipReport
 
@@ -141,8 +149,6 @@ def format_report(result: dict) -> str:
 def _num_image_tokens(args) -> int:
     if args.tower is None:
         return args.num_image_tokens
-    from projector.registry import image_token_count
-    from vision_tower.config import PRESETS
 
     grid = PRESETS[args.tower].grid_size
     return image_token_count(args.projector_type, (grid, grid))
@@ -150,11 +156,6 @@ def _num_image_tokens(args) -> int:
 
 def check_options(args) -> None:
     """Paths and values, checked before the tokenizer loads or any record is read (`UserError`: one line, exit 2)."""
-    from projector.registry import UnknownProjectorError, projector_class
-    from vision_tower.config import PRESETS
-
-    from .. import checks
-
     checks.existing_file(args.data, "--data")
     if args.image_folder is not None:
         checks.existing_dir(args.image_folder, "--image-folder")
@@ -179,9 +180,6 @@ def check_options(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     check_options(args)
-    from ..checks import OptionError
-    from ..hub import load_tokenizer
-    from ..tokenization import add_image_token
 
     tokenizer = load_tokenizer(args.tokenizer)
     image_token_id = add_image_token(tokenizer)
@@ -206,9 +204,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _processor(args):
-    from vision_tower import ImageProcessor
-    from vision_tower.config import PRESETS
-
     cfg = PRESETS[args.tower or "llm2clip-eva02-l-14-336"]
     return ImageProcessor(cfg.image_size, cfg.image_mean, cfg.image_std, mode="pad")
 

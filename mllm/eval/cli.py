@@ -5,7 +5,9 @@ import argparse
 import logging
 import sys
 
+from ..errors import UserError
 from .benchmarks import BENCHMARK_NAMES, BENCHMARKS, parse_options
+from .cache import CacheMismatchError
 
 
 def _benchmark_help() -> str:
@@ -79,9 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"llm2clip-llava eval: error: {e}", file=sys.stderr)
         return 2
-    from ..errors import UserError
-    from .cache import CacheMismatchError
-    from .runner import EvalConfig, run_eval
+    from .runner import EvalConfig, run_eval  # torch: not for --help or a bad flag
 
     config = EvalConfig(
         benchmark=args.benchmark, data=args.data, model=args.model, options=options, output_dir=args.output_dir,

@@ -15,6 +15,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..checks import output_dir
+from .benchmarks import BENCHMARK_NAMES, BENCHMARKS
 from .report import METRICS_FORMAT, format_value
 
 
@@ -46,8 +48,6 @@ class Comparison:
 
 
 def _non_default_options(metrics: dict) -> dict:
-    from .benchmarks import BENCHMARKS
-
     cls = BENCHMARKS.get(metrics.get("benchmark"))
     defaults = cls.options() if cls else {}
     def norm(value):  # tuples (defaults) and lists (read from JSON) compare equal
@@ -117,7 +117,6 @@ def compare_runs(runs: list[Run], extra_metrics: list[str] = ()) -> Comparison:
     labels = [r.label for r in runs]
     if len(set(labels)) != len(labels):
         raise ValueError(f"run labels must differ, got {labels}; name them with LABEL=PATH")
-    from .benchmarks import BENCHMARK_NAMES
 
     order = {name: i for i, name in enumerate(BENCHMARK_NAMES)}  # LLaVA-1.5's table order
     first_seen = list(dict.fromkeys(k for r in runs for k in r.results))
@@ -240,7 +239,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from ..checks import output_dir
 
     output_dir(args.output_dir, "--output-dir")  # before reading anything: a bad target is one line, exit 2
     try:

@@ -20,9 +20,11 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .answers import match_answers, read_answers
 from .benchmarks import load_benchmark
+from .benchmarks.mme import MME, eval_tool_questions
 from .llava_files import QUESTION_FILES, find_question_file, strip_image_marker
-from .types import MCQ_ANSWER, MCQ_ANSWER_CN
+from .types import MCQ_ANSWER, MCQ_ANSWER_CN, EvalItem
 
 # benchmark -> folder under playground/data/eval (LLaVA's scripts/v1_5/eval/*.sh)
 FOLDERS = {"vqav2": "vqav2", "gqa": "gqa", "vizwiz": "vizwiz", "textvqa": "textvqa", "pope": "pope", "mme": "MME",
@@ -68,8 +70,6 @@ def _lookup(metrics: dict, dotted: str):
 
 def rescore_check(eval_dir: Path, bench: str) -> CheckResult:
     """LLaVA-v1.5-13B's answers through ``eval --answers`` vs the official figures."""
-    from .answers import match_answers, read_answers
-
     folder = eval_dir / FOLDERS[bench]
     names, options, expected = OFFICIAL_13B[bench]
     answers_path = None
@@ -154,9 +154,6 @@ def prompt_check(eval_dir: Path, bench: str) -> CheckResult:
 
 def _mme_from_eval_tool(folder: Path) -> list:
     """MME's questions from the official eval tool's list (no images needed), prompted as our reader does."""
-    from .benchmarks.mme import MME, eval_tool_questions
-    from .types import EvalItem
-
     bench = MME(data=str(folder))
     return [EvalItem(question_id=f"{q['task']}/{q['stem']}/{q['k']}", prompt=bench._prompt(q["question"]),
                      images=("-",), meta={"category": q["task"], "image": q["stem"]})

@@ -21,6 +21,13 @@ import json
 import logging
 import os
 
+from ..constants import IMAGE_TOKEN
+from ..templates import render
+from ..tokenization import tokenize_with_offsets
+from .types import prompt_with_image
+
+# lmms-eval imports this module for its model registry on every run, whichever model a run uses: torch, the
+# model stack and the image code are imported inside the methods that use them, when our model is chosen.
 try:  # subclass lmms-eval's base when it is installed (its registry checks this)
     from lmms_eval.api.model import lmms as _LmmsBase
 
@@ -183,9 +190,6 @@ class LLM2CLIPLlava(_LmmsBase):
 
     def _prompt(self, context: str, n_images: int, where: str) -> str:
         """LLaVA's rule: markers go first unless the task placed them; their count must match the images."""
-        from ..constants import IMAGE_TOKEN
-        from .types import prompt_with_image
-
         markers = context.count(IMAGE_TOKEN)
         if markers == 0:
             return prompt_with_image(context, n_images) if n_images else context
@@ -269,9 +273,6 @@ class LLM2CLIPLlava(_LmmsBase):
     def _loglikelihood_ids(self, context: str, continuation: str, n_images: int, where: str):
         """(context ids, continuation ids): context as generation sees it; the continuation's tokens are the
         ones it gets when tokenized after the rendered context (lm-eval's convention)."""
-        from ..templates import render
-        from ..tokenization import tokenize_with_offsets
-
         tok, proc = self.processor.tokenizer, self.processor
         if not context:
             if n_images:

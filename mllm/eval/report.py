@@ -13,6 +13,8 @@ from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .. import __version__
+
 METRICS_FORMAT = "llm2clip-llava-eval-metrics"
 MAX_TABLE_ROWS = 60
 
@@ -20,8 +22,6 @@ MAX_TABLE_ROWS = 60
 def _versions() -> dict:
     import torch
     import transformers
-
-    from .. import __version__
 
     return {"llm2clip_llava": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "python": platform.python_version()}

@@ -26,9 +26,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from vision_tower import ImageLoadError, load_image
 
-from .. import checks
+from .. import checks, serialization  # `serialization.load_model` looked up when called (tests spy on it)
 from ..generation import GenerationSettings, generate_text
+from ..llm import base_causal_lm, resolve_dtype
 from ..paths import quickstart_dir
+from .answers import match_answers, read_answers
 from .benchmarks import get_benchmark, load_benchmark
 from .cache import PredictionCache, model_fingerprint
 from .judge import JudgeConfig
@@ -188,8 +190,6 @@ def _make_benchmark(config: EvalConfig, output_dir: Path) -> Benchmark:
 
 
 def _cache_header(config: EvalConfig, bench: Benchmark, model_dir: Path, device: str) -> dict:
-    from ..llm import resolve_dtype
-
     return {
         "benchmark": bench.name, "options": benchmark_options(bench), "data": str(Path(config.data).resolve()),
         "model": model_fingerprint(model_dir),
@@ -202,8 +202,6 @@ def _cache_header(config: EvalConfig, bench: Benchmark, model_dir: Path, device:
 
 def _hint_merge_on_load(model, batch_size: int) -> None:
     """Say when batched decoding on a 4-bit CUDA base leaves bitsandbytes' fused 4-bit kernels."""
-    from ..llm import base_causal_lm
-
     if model.device.type != "cuda" or not getattr(base_causal_lm(model.llm), "is_loaded_in_4bit", False):
         return
     import bitsandbytes
@@ -293,10 +291,9 @@ def run_eval(config: EvalConfig, model=None, processor=None) -> EvalResult:
         if pending:
             if model is None:
                 t1 = time.perf_counter()
-                from ..serialization import load_model
-
-                model, processor = load_model(model_dir, quantization=config.quantization, dtype=config.dtype,
-                                              device=device, merge_on_load=config.merge_on_load)
+                model, processor = serialization.load_model(model_dir, quantization=config.quantization,
+                                                            dtype=config.dtype, device=device,
+                                                            merge_on_load=config.merge_on_load)
                 _hint_merge_on_load(model, config.batch_size)
                 t_model = time.perf_counter() - t1
             bar = _progress(config.progress, len(items), len(cached), bench.display_name or bench.name)
@@ -326,8 +323,6 @@ def run_eval(config: EvalConfig, model=None, processor=None) -> EvalResult:
 
 def rescore(config: EvalConfig) -> EvalResult:
     """Score an answers file (LLaVA's or ours) without a model: same metrics, tables and submission files."""
-    from .answers import match_answers, read_answers
-
     t0 = time.perf_counter()
     answers = read_answers(config.answers)
     label = config.label or answers.model_id or Path(config.answers).stem

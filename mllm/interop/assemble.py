@@ -12,6 +12,9 @@ from torch import nn
 
 from projector import Projector
 from projector.builder import ProjectorConfig, projector_from_config
+from vision_tower import VisionCheckpointError, build_vision_tower
+from vision_tower.checkpoint import canonicalize
+from vision_tower.loader import match_preset
 
 from .source import InteropError, describe_keys
 
@@ -96,10 +99,6 @@ def build_tower(tensors: dict[str, torch.Tensor], config, *, select_layer: int, 
                 name: str | None = None):
     """A tower of `config` (None: the preset its shapes match), named `name`, loaded from `tensors` in any
     known layout."""
-    from vision_tower import VisionCheckpointError, build_vision_tower
-    from vision_tower.checkpoint import canonicalize
-    from vision_tower.loader import match_preset
-
     try:
         canonical = canonicalize(tensors)
         config = config if config is not None else match_preset(canonical, origin=what)

@@ -5,6 +5,8 @@ import argparse
 import logging
 import sys
 
+from ..llm import DTYPES
+
 MULTI_COMMAND = True  # mllm.cli passes the command name first
 
 IMPORT_EPILOG = """examples:
@@ -63,10 +65,9 @@ def build_export_parser() -> argparse.ArgumentParser:
 
 
 def run_import(argv: list[str]) -> int:
-    from ..llm import DTYPES
-    from .importer import import_checkpoint
-
     args = build_import_parser().parse_args(argv)
+    from .importer import import_checkpoint  # the conversion code (transformers) loads once the arguments parse
+
     output, model = import_checkpoint(
         args.source, args.output, format=args.format, dtype=None if args.dtype == "auto" else DTYPES[args.dtype],
         tower=args.tower, model_base=args.model_base, template=args.template,
@@ -78,9 +79,9 @@ def run_import(argv: list[str]) -> int:
 
 
 def run_export(argv: list[str]) -> int:
-    from .export_hf import export_checkpoint
-
     args = build_export_parser().parse_args(argv)
+    from .export_hf import export_checkpoint  # likewise
+
     output, summary = export_checkpoint(args.checkpoint, args.output, format=args.format, dtype=args.dtype)
     print(f"exported {args.checkpoint} -> {output}")
     for line in summary:

@@ -19,9 +19,13 @@ from pathlib import Path
 
 import torch
 
+from vision_tower.clip import hf_clip_vision_config
+from vision_tower.config import PRESETS, resolve_config
+
 from ..config import MLLMConfig
 from ..llm import DTYPES, base_causal_lm, stop_token_ids
 from ..modeling import image_tokens_per_image
+from ..serialization import load_model
 from .hf_processor import (
     TEMPLATES,
     adjust_tokenizer,
@@ -48,8 +52,6 @@ _EVA_REFUSAL = (
 
 def tower_arch(checkpoint: Path, manifest: MLLMConfig) -> tuple[str | None, str | None]:
     """(arch, name) of the checkpoint's tower from configs alone (no weights); arch None when none says."""
-    from vision_tower.config import PRESETS, resolve_config
-
     spec, contents = manifest.base_tower(checkpoint), manifest.contents
     sources: list = [checkpoint / contents["vision_tower"] / "config.json"] if "vision_tower" in contents else []
     sources += [spec.config] if spec.config is not None else []
@@ -123,8 +125,6 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, *, format: str
 
 def _load_parts(checkpoint: Path, dtype: str):
     """LLM (a LoRA/QLoRA adapter merged on load, as `merge` does), tower, projector and tokenizer, on the CPU."""
-    from ..serialization import load_model
-
     model, processor = load_model(checkpoint, dtype=DTYPES[dtype], device="cpu", merge_on_load=True)
     base = model.config.extra.get("merged_on_load") if "adapter" in model.config.contents else None
     return base_causal_lm(model.llm), model.vision_tower, model.projector, processor.tokenizer, base
@@ -138,8 +138,6 @@ def build_llava(llm, tower, projector, image_token_id: int, tokenizer_size: int,
         LlavaConfig,
         LlavaForConditionalGeneration,
     )
-
-    from vision_tower.clip import hf_clip_vision_config
 
     decoder, lm_head = llm.get_decoder(), llm.get_output_embeddings()
     tied = bool(getattr(llm.config, "tie_word_embeddings", False))

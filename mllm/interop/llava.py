@@ -19,6 +19,11 @@ import re
 
 import torch
 
+from vision_tower.checkpoint import canonicalize
+from vision_tower.config import PRESETS, resolve_config
+from vision_tower.loader import match_preset
+
+from ..builder import load_tower
 from ..config import LoraSpec, TowerSpec
 from .assemble import (
     build_llm,
@@ -164,8 +169,6 @@ def _layout(source: SourceDir) -> str:
 
 # ---------------------------------------------------------------------------------------------- tower
 def _preset_by_hub_id(name: str | None):
-    from vision_tower import PRESETS
-
     return next((key for key, p in PRESETS.items() if name and p.hub_id == name), None)
 
 
@@ -181,8 +184,6 @@ def _tower_name(name: str | None) -> str | None:
 
 def _tower_config_for(name: str | None):
     """The tower config `mm_vision_tower` names: a preset (by hub id), a local directory's config.json, or None."""
-    from vision_tower.config import PRESETS, resolve_config
-
     preset = _preset_by_hub_id(name)
     if preset:
         return PRESETS[preset]
@@ -193,8 +194,6 @@ def _tower_config_for(name: str | None):
 
 def _tower(cfg: dict, embedded: dict, override: str | None, settings: dict, what: str):
     """(tower, spec): the checkpoint's own tower weights when present, else the tower `mm_vision_tower` names."""
-    from ..builder import load_tower
-
     named = override or settings["vision_tower"]
     select = {"select_layer": settings["select_layer"], "select_feature": settings["select_feature"]}
     if embedded and override is None:
@@ -225,9 +224,6 @@ def _llava_projector_name(kind: str):
 
 
 def _shapes_match_a_preset(tensors: dict) -> bool:
-    from vision_tower.checkpoint import canonicalize
-    from vision_tower.loader import match_preset
-
     try:
         match_preset(canonicalize(tensors))
     except ValueError:

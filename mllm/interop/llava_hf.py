@@ -14,6 +14,8 @@ import logging
 
 import torch
 
+from vision_tower import from_hf_clip_config
+
 from ..config import TowerSpec
 from .assemble import build_llm, build_projector, build_tower, cast_floats
 from .imported import ImportedModel, load_tokenizer_from
@@ -151,8 +153,6 @@ def _side(size) -> int | None:
 
 
 def _tower_config(vision_config, image: dict):
-    from vision_tower import from_hf_clip_config
-
     config = from_hf_clip_config(vision_config.to_dict())
     if image["mean"] is not None and image["std"] is not None:
         config = config.replace(image_mean=tuple(image["mean"]), image_std=tuple(image["std"]))

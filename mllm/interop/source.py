@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from vision_tower.checkpoint import read_weights
+
 from ..errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -105,8 +107,6 @@ class SourceDir:
 
 def read_weight_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """One .safetensors or pickle (.bin/.pt) file as {name: tensor}; pickles only via weights_only=True."""
-    from vision_tower.checkpoint import read_weights
-
     return read_weights(path)
 
 

@@ -10,17 +10,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
+from ..builder import build_model
+from ..config import TowerSpec
 from ..eval import export_synthetic
 from ..eval.runner import EvalConfig, run_eval
+from ..hub import load_tokenizer
+from ..serialization import load_model, save_pretrained
 from .synthetic import score
 
 
 def _untrained_checkpoint(root: Path, out: Path, seed: int, projector_type: str) -> Path:
-    import torch
-
-    from .. import TowerSpec, build_model, save_pretrained
-    from ..hub import load_tokenizer
-
     torch.manual_seed(seed)  # the random projector of the 'before' model
     model, processor = build_model(
         str(root / "stage0" / "lm" / "llm"), tower=TowerSpec(checkpoint=str(root / "stage0" / "tower"), config=None),
@@ -47,10 +48,6 @@ def _accuracy(result, records: list[dict]) -> dict:
 
 def evaluate_quickstart(root: Path, out: Path, model_dir: Path, *, batch_size: int, seed: int,
                         projector_type: str = "mlp2x_gelu") -> dict:
-    import torch
-
-    from ..serialization import load_model
-
     data = root / "data"
     heldout = json.loads((data / "heldout.json").read_text())
     blank = json.loads((data / "heldout_blank.json").read_text())

@@ -25,10 +25,15 @@ from dataclasses import asdict
 from pathlib import Path
 
 from projector import check_projector
+from vision_tower import load_vision_tower
 
 from ..paths import quickstart_dir
 from ..quiet import silence_known_warnings
+from ..tiny import save_spm_tokenizer, save_tiny_llm, save_tiny_tower
 from .profiles import PROFILES, Profile
+from .report import write_report
+from .spatial import SpatialConfig
+from .synthetic import ShapesConfig, generate
 
 logger = logging.getLogger("mllm.quickstart")
 STAGES = ("data", "base", "stage0", "stage1", "stage2", "eval")
@@ -104,23 +109,16 @@ class Quickstart:
     # ------------------------------------------------------------------ stages
     def task_config(self):
         """The synthetic task's config (`ShapesConfig` or `SpatialConfig`) at the profile's sizes."""
-        from .spatial import SpatialConfig
-        from .synthetic import ShapesConfig
-
         p = self.profile
         task = {"shapes": ShapesConfig, "spatial": SpatialConfig}[p.task]
         return task(seed=self.seed, image_size=p.image_size, num_pretrain=p.num_pretrain, num_train=p.num_train,
                     num_heldout=p.num_heldout)
 
     def data(self, out: Path) -> dict:
-        from .synthetic import generate
-
         info = generate(out, self.task_config())
         return {"counts": info["counts"], "chance": info["chance"]["overall"]}
 
     def base(self, out: Path) -> dict:
-        from ..tiny import save_spm_tokenizer, save_tiny_llm, save_tiny_tower
-
         p = self.profile
         save_spm_tokenizer(out / "tokenizer")
         save_tiny_llm(out / "llm", "llama", seed=self.seed, hidden_size=p.llm_width, num_layers=p.llm_depth,
@@ -134,9 +132,7 @@ class Quickstart:
     def stage0(self, out: Path) -> dict:
         import torch
 
-        from vision_tower import load_vision_tower
-
-        from .warmup import pretrain_tower, write_lm_corpus
+        from .warmup import pretrain_tower, write_lm_corpus  # the training stack: only when a stage runs
 
         p, base, shapes = self.profile, self.root / "base", self.task_config()
         torch.manual_seed(self.seed)
@@ -182,7 +178,7 @@ class Quickstart:
         return json.loads((out / "training_summary.json").read_text())
 
     def evaluate(self, out: Path) -> dict:
-        from .evaluation import evaluate_quickstart
+        from .evaluation import evaluate_quickstart  # the eval stack (transformers): only when it runs
 
         return evaluate_quickstart(self.root, out, self.model_dir(), batch_size=self.profile.eval_batch, seed=self.seed,
                                    projector_type=self.profile.projector_type)
@@ -223,7 +219,6 @@ def run_quickstart(root: Path, profile: Profile, seed: int, *, fresh: bool = Fal
     results["stage1"] = q.stage("stage1", fp["stage1"], q.stage1)
     results["stage2"] = q.stage("stage2", fp["stage2"], q.stage2)
     results["eval"] = q.stage("eval", fp["eval"], q.evaluate)
-    from .report import write_report
 
     return write_report(root, q, results, profile, seed, time.time() - started, publish=publish)
 

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw
 
-from .synthetic import _SUPERSAMPLE, PALETTE, Question, _schedule
+from ..synthetic_shapes import PALETTE, SUPERSAMPLE
+from .synthetic import Question, _schedule
 
 CATEGORIES = ("color_at", "count")
 ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth")
@@ -119,7 +120,7 @@ class SpatialConfig:
                         scene.cells[cell], list(self.colors))
 
     def render(self, scene: "SpatialScene", rng: random.Random) -> Image.Image:
-        s = self.image_size * _SUPERSAMPLE
+        s = self.image_size * SUPERSAMPLE
         img = Image.new("RGB", (s, s), tuple(self.background))
         draw = ImageDraw.Draw(img)
         cell, side = s / self.grid, s / self.grid * self.object_size
@@ -128,7 +129,7 @@ class SpatialConfig:
             x = col * cell + (cell - side) * rng.random()
             y = row * cell + (cell - side) * rng.random()
             draw.rectangle([x, y, x + side, y + side], fill=PALETTE[scene.cells[index]])
-        return img.reduce(_SUPERSAMPLE)
+        return img.reduce(SUPERSAMPLE)
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Synthetic shapes dataset for the CPU quickstart, written in LLaVA's JSON formats.
 
 Each scene is a plain background with a few flat-coloured shapes, each in its own cell of a 2x1 (left/right)
-or 2x2 grid, so every question has one unambiguous answer. The splits mirror LLaVA-1.5's data:
+or 2x2 grid (drawn by `mllm.synthetic_shapes`), so every question has one unambiguous answer. The splits mirror LLaVA-1.5's data:
 
 - ``pretrain.json`` (stage 1, LCS-558K format): human ``"<image>\\n<instruction>"``, gpt caption;
 - ``train.json`` (stage 2, mix665k format): multi-turn questions with the academic-VQA short-answer suffix;
@@ -19,31 +19,28 @@ across processes), images are written as PNG without metadata and JSON with sort
 from __future__ import annotations
 
 import json
-import math
 import random
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from ..constants import IMAGE_TOKEN
+from ..synthetic_shapes import (
+    BACKGROUND,
+    IMAGE_SIZE,
+    PALETTE,
+    SHAPES,
+    SHORT_ANSWER_SUFFIX,
+    SIZES,
+    Scene,
+    SceneObject,
+    render_scene,
+)
 
-PALETTE: dict[str, tuple[int, int, int]] = {
-    "red": (220, 40, 40),
-    "green": (40, 170, 60),
-    "blue": (40, 80, 220),
-    "yellow": (235, 200, 30),
-    "purple": (140, 60, 180),
-    "orange": (245, 130, 20),
-    "cyan": (30, 190, 200),
-    "gray": (120, 120, 120),
-}
-SHAPES = ("circle", "square", "triangle", "diamond", "cross")
-SIZES = {"large": 0.9, "small": 0.55}  # object diameter as a fraction of its cell's shorter side
 CATEGORIES = ("color", "shape", "exists", "half", "size", "binding")
 YES_NO_CATEGORIES = ("exists", "binding")
-SHORT_ANSWER_SUFFIX = "\nAnswer the question using a single word or phrase."  # LLaVA-1.5 academic VQA suffix
 CAPTION_INSTRUCTIONS = (
     "Describe the image briefly.",
     "Give a short description of this picture.",
@@ -51,7 +48,6 @@ CAPTION_INSTRUCTIONS = (
     "Write a concise caption for the image.",
     "Summarize the picture in a few words.",
 )
-_SUPERSAMPLE = 4  # draw at 4x and box-downsample: anti-aliased edges, still integer-exact
 TOWER_ATTRIBUTES = {"color": list(PALETTE), "shape": list(SHAPES), "size": list(SIZES), "side": ["left", "right"]}
 
 
@@ -60,7 +56,7 @@ class ShapesConfig:
     """Knobs of the synthetic dataset; defaults are the quickstart's learnable setting."""
 
     seed: int = 0
-    image_size: int = 64
+    image_size: int = IMAGE_SIZE
     min_objects: int = 1
     max_objects: int = 1  # up to 2 uses a left/right layout, 3-4 a 2x2 grid
     colors: tuple[str, ...] = ("red", "green", "blue", "yellow")
@@ -71,7 +67,7 @@ class ShapesConfig:
     num_pretrain: int = 2000  # stage-1 caption images
     num_train: int = 2000  # stage-2 conversation images (one turn per category, shuffled)
     num_heldout: int = 200  # held-out images (one question per category each)
-    background: tuple[int, int, int] = (255, 255, 255)
+    background: tuple[int, int, int] = BACKGROUND
     blank_color: tuple[int, int, int] | None = None  # constant image of the control; None = background
 
     def validate(self) -> None:
@@ -120,33 +116,6 @@ class ShapesConfig:
         obj = scene.objects[0]
         values = {"color": obj.color, "shape": obj.shape, "size": obj.size, "side": scene.side(obj)}
         return {k: TOWER_ATTRIBUTES[k].index(v) for k, v in values.items()}
-
-
-@dataclass
-class SceneObject:
-    shape: str
-    color: str
-    size: str
-    cell: int  # index into the layout's cells (row-major)
-
-
-@dataclass
-class Scene:
-    objects: list[SceneObject]
-    rows: int  # 1 (left/right halves) or 2 (quadrants)
-
-    def side(self, obj: SceneObject) -> str:
-        return "left" if obj.cell % 2 == 0 else "right"
-
-    def where(self, obj: SceneObject) -> str:
-        if self.rows == 1:
-            return f"on the {self.side(obj)}"
-        return f"at the {'top' if obj.cell < 2 else 'bottom'} {self.side(obj)}"
-
-    def caption(self) -> str:
-        parts = [f"a {o.size} {o.color} {o.shape} {self.where(o)}" for o in sorted(self.objects, key=lambda o: o.cell)]
-        text = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
-        return text[0].upper() + text[1:] + "."
 
 
 @dataclass
@@ -244,41 +213,6 @@ def ask(config: ShapesConfig, scene: Scene, category: str, obj: SceneObject, tar
     return Question(category, f"Is there a {color} {shape} in the image?", target, choices)
 
 
-def render_scene(config: ShapesConfig, scene: Scene, rng: random.Random) -> Image.Image:
-    """Draw the scene; each object is jittered inside its cell without touching the cell's border."""
-    s = config.image_size * _SUPERSAMPLE
-    img = Image.new("RGB", (s, s), tuple(config.background))
-    draw = ImageDraw.Draw(img)
-    cell_w, cell_h = s / 2, s / scene.rows
-    for obj in scene.objects:
-        d = SIZES[obj.size] * min(cell_w, cell_h)
-        x0, y0 = (obj.cell % 2) * cell_w, (obj.cell // 2) * cell_h
-        slack_x, slack_y = cell_w - d, cell_h - d
-        cx = x0 + d / 2 + slack_x * (0.1 + 0.8 * rng.random())
-        cy = y0 + d / 2 + slack_y * (0.1 + 0.8 * rng.random())
-        _draw_shape(draw, obj.shape, cx, cy, d / 2, PALETTE[obj.color])
-    return img.reduce(_SUPERSAMPLE)
-
-
-def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, fill) -> None:
-    if shape == "circle":
-        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
-    elif shape == "square":
-        h = r * 0.85  # a square of the same visual weight as the circle
-        draw.rectangle([cx - h, cy - h, cx + h, cy + h], fill=fill)
-    elif shape == "triangle":
-        pts = [(cx + r * math.cos(a), cy + r * math.sin(a)) for a in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)]
-        draw.polygon(pts, fill=fill)
-    elif shape == "diamond":
-        draw.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], fill=fill)
-    elif shape == "cross":
-        t = r * 0.35
-        draw.rectangle([cx - r, cy - t, cx + r, cy + t], fill=fill)
-        draw.rectangle([cx - t, cy - r, cx + t, cy + r], fill=fill)
-    else:
-        raise ValueError(f"unknown shape {shape!r}")
-
-
 def _split(config: ShapesConfig, split: str, n: int):
     """Yield (index, scene, image, questions, rng) per image of a split.
 
@@ -293,7 +227,7 @@ def _split(config: ShapesConfig, split: str, n: int):
         rng = random.Random(f"shapes/{config.seed}/{split}/{i}")  # per image: sample i never depends on others' draws
         targets = {c: plan[c][i] for c in config.categories}
         scene, queried = sample_scene(config, rng, {c: t for c, t in targets.items() if c not in YES_NO_CATEGORIES})
-        image = render_scene(config, scene, rng)
+        image = render_scene(scene, rng, config.image_size, config.background)
         questions = []
         for c in config.categories:
             probes = [targets[c]]

@@ -11,7 +11,12 @@ import argparse
 import logging
 import sys
 
+from ..data.layout_check import check_llava_root
 from ..errors import UserError
+from .config import apply_overrides, load_recipe
+from .plan import build_plan
+from .report import format_final, format_plan, write_report
+from .runner import RecipeRunner, step_state
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,10 +54,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "urllib3", "PIL", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from .config import apply_overrides, load_recipe
-    from .plan import build_plan
-    from .report import format_final, format_plan, write_report
-    from .runner import RecipeRunner
 
     config = apply_overrides(load_recipe(args.config), data_root=args.data_root, output_dir=args.output_dir,
                              stage2_preset=args.stage2, towers=_csv(args.towers),
@@ -75,15 +76,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _done(runner, step) -> bool:
-    from .runner import step_state
-
     return step_state(runner.output_dir, step) == "done"
 
 
 def _check_data(config) -> None:
     """The data check for what this recipe reads; errors stop the run before any model loads."""
-    from ..data.layout_check import check_llava_root
-
     print(f"\nchecking the data root {config.data_root} (`llm2clip-llava data check --layout llava`) ...", flush=True)
     report = check_llava_root(config.data_root, benchmarks=[b.name for b in config.benchmarks], progress=False)
     for finding in report.findings:

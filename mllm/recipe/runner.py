@@ -25,6 +25,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import UserError
+from ..eval import cli as eval_cli
+from ..eval import compare
+from ..train import cli as train_cli
 from .plan import Step
 
 log = logging.getLogger("mllm.recipe")
@@ -81,7 +84,7 @@ def step_state(output_dir: Path, step: Step) -> str:
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    from ..train.checkpointing import list_checkpoints
+    from ..train.checkpointing import list_checkpoints  # torch: not for --help or planning
 
     found = list_checkpoints(run_dir) if run_dir.is_dir() else []
     return found[-1][1] if found else None
@@ -174,18 +177,12 @@ class RecipeRunner:
             cmd += ["--num_processes", str(step.num_processes), "-m", "mllm.cli", step.command, *args]
             status = subprocess.call(cmd)
         elif step.training:
-            from ..train import cli as train_cli
-
             with _own_process_state():
                 status = train_cli.main([step.command, *args])
         elif step.command == "eval":
-            from ..eval import cli as eval_cli
-
             with _own_process_state():
                 status = eval_cli.main(args)
         else:
-            from ..eval import compare
-
             with _own_process_state():
                 status = compare.main(args)
         if status:

@@ -23,6 +23,7 @@ from PIL import Image
 
 from ..data import llava_layout as L
 from ..eval.synthetic import export_synthetic
+from ..quickstart.synthetic import ShapesConfig, generate
 
 EVAL_FORMATS = ("pope", "mme", "gqa", "textvqa", "sqa")
 _FILE_NAMES = {  # how each source names its files (LLaVA's records keep these names)
@@ -40,8 +41,6 @@ def _jpeg(src: Path, dst: Path) -> None:
 def write_llava_root(root: str | Path, *, seed: int = 0, image_size: int = 32, num_pretrain: int = 24,
                      num_train: int = 24, num_heldout: int = 8, text_only: int = 2) -> dict:
     """Write the toy data root under `root` (replacing what an earlier call wrote); returns what went where."""
-    from ..quickstart.synthetic import ShapesConfig, generate
-
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     config = ShapesConfig(seed=seed, image_size=image_size, num_pretrain=num_pretrain, num_train=num_train,

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     checked = preflight(config)  # every user error we can see without a model: before importing torch
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from .trainer import train
+    from .trainer import train  # torch and the model stack: after the checks above
 
     with logging_redirect_tqdm():  # log lines go through the progress bar, never into the middle of it
         try:

@@ -3,6 +3,8 @@
 Every phase builds what it measures through the project's own code (`build_model`, `load_model`,
 `load_vision_tower`), asserts the model sits on the expected device in the expected dtypes before timing it,
 and returns JSON-ready results; `record(dict)` saves partial results at once (they survive a later crash).
+The model stack (`mllm`'s builder and loader: transformers, peft, bitsandbytes) is imported inside the phases, so
+the pre-flight reports within seconds and a broken library fails the phases that use it, recorded, not the run.
 """
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ import time
 
 import torch
 from torch import nn
+
+from mllm.constants import IGNORE_INDEX
 
 from .checks import check_placement, dtype_name, preflight
 from .flops import count_llm, count_tower, tower_forward, train_step_flops, utilisation
@@ -90,8 +94,6 @@ def _linear_params(module: nn.Module) -> int:
 
 
 def _add_flops(model, batches: dict, timings: dict, w: Workload, *, checkpointing: bool) -> None:
-    from mllm.constants import IGNORE_INDEX
-
     llm, tower = count_llm(model.llm), count_tower(model.vision_tower)
     for name, batch in batches.items():
         images = int(batch["pixel_values"].shape[0])

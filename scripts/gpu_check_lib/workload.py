@@ -3,6 +3,7 @@
 The LLM is a 7B Llama shape (Vicuna-7B / Llama-2-7B) with random weights and the tower the full-size
 LLM2CLIP EVA02-L-14-336, both saved to disk so every phase loads them through the project's own code paths
 (`build_model`, `load_model`, `load_vision_tower`). `tiny=True` keeps every code path at toy size on the CPU.
+Like the phases, the artifacts import the model stack when they are first built (see `phases`).
 """
 from __future__ import annotations
 

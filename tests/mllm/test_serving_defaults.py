@@ -135,8 +135,8 @@ def test_merge_on_load_refuses_a_quantised_or_trainable_merge_and_ignores_full_c
 
 def test_chat_and_demo_pass_merge_on_load_to_the_loader(checkpoints, monkeypatch):
     from demo.app import build_parser as demo_parser
-    from mllm.chat.api import load_for_command
     from mllm.chat.cli import build_parser as chat_parser
+    from mllm.chat.command import load_for_command
 
     seen = []
 

@@ -127,7 +127,7 @@ def test_a_trim_notice_comes_before_the_answer_it_concerns(bot, image_files, mon
 
 
 def test_default_answer_length_follows_the_context_window(chat_checkpoint, bot, capsys, monkeypatch):
-    from mllm.chat.api import load_for_command
+    from mllm.chat.command import load_for_command
 
     args = cli.build_parser().parse_args(["--model", str(chat_checkpoint)])
     loaded, code = load_for_command("chat", args, max_new_tokens=None, temperature=0.0)
