@@ -3,7 +3,8 @@
 Both paths do one training sample end to end on one CPU thread (a DataLoader worker): decode a 640x480
 JPEG, pad to square, produce the 336x336 normalised tensor, render the conversation, tokenize and mask.
   ours:   LLaVADataset.__getitem__ (RecordStore, templates.encode with offsets + consistency check,
-          vision_tower.load_image, ImageProcessor(mode="pad"), default torch resampling backend; also shown
+          vision_tower.load_image, ImageProcessor(image_aspect_ratio="pad"), default torch resampling backend;
+          also shown
           with backend="pil", which is bit-identical to LLaVA's pixels).
   llava:  LLaVA-1.5's algorithm re-implemented here: Image.open().convert("RGB"), expand2square,
           CLIPImageProcessor.preprocess, preprocess_multimodal, conv_vicuna_v1 prompt, tokenizer_image_token,
@@ -201,14 +202,14 @@ def main(argv=None) -> int:
         slow = SentencePieceBackend(vocab_file=str(model), bos_token="<s>", eos_token="</s>", unk_token="<unk>")
         data = make_data(work, args.samples)
         records = json.loads(data.read_text())
-        processor = ImageProcessor(336, MEAN, STD, mode="pad")
+        processor = ImageProcessor(336, MEAN, STD, image_aspect_ratio="pad")
         ds = LLaVADataset(data, fast, template="vicuna_v1", image_folder=work, image_processor=processor,
                           num_image_tokens=576, max_length=2048)
         clip_kw = dict(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}, image_mean=list(MEAN),
                        image_std=list(STD), resample=3, do_center_crop=True)
         llava = LLaVAStylePath(records, work, fast, CLIPImageProcessorPil(**clip_kw))
         ds_pil = LLaVADataset(data, fast, template="vicuna_v1", image_folder=work, max_length=2048, num_image_tokens=576,
-                              image_processor=ImageProcessor(336, MEAN, STD, mode="pad", backend="pil"))
+                              image_processor=ImageProcessor(336, MEAN, STD, image_aspect_ratio="pad", backend="pil"))
         paths = {
             "ours": ds.__getitem__,
             "ours_pil_backend": ds_pil.__getitem__,

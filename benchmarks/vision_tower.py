@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vision_tower import build_vision_tower  # noqa: E402
+from vision_tower import DEFAULT_PRESET, build_vision_tower  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     dtype, device = DTYPES[args.dtype], torch.device(args.device)
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    ours = build_vision_tower("llm2clip-eva02-l-14-336", dtype=dtype, device=device)
+    ours = build_vision_tower(DEFAULT_PRESET, dtype=dtype, device=device)
     peer = timm.create_model("eva02_large_patch14_clip_336", pretrained=False, num_classes=0)
     missing, unexpected = peer.load_state_dict(ours.trunk.state_dict(), strict=False)
     peer = peer.to(device=device, dtype=dtype).eval().requires_grad_(False)

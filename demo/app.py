@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from mllm import checks
-from mllm.chat.api import IMAGE_MODES
+from mllm.chat.api import IMAGE_ASPECT_RATIOS
 from mllm.chat.command import add_model_loading_args, load_for_command
 from mllm.checks import OptionError
 
@@ -57,8 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--top-p", type=float, default=0.7, help="initial top-p (default 0.7)")
     parser.add_argument("--max-new-tokens", type=int, default=None,
                         help="initial max new tokens (default: a quarter of the model's context window)")
-    parser.add_argument("--image-mode", choices=IMAGE_MODES, default=None,
-                        help="initial image preprocessing (default: the mode the model was trained with)")
+    parser.add_argument("--image-aspect-ratio", "--image-mode", choices=IMAGE_ASPECT_RATIOS, default=None,
+                        dest="image_aspect_ratio",
+                        help="initial image preprocessing, LLaVA's image_aspect_ratio (default: as trained)")
     add_model_loading_args(parser)
     parser.add_argument("--examples-dir", default=None,
                         help="where to draw the example images (default: inside the demo's temp folder)")
@@ -120,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         examples = make_examples(args.examples_dir or workspace / "examples")
         backend = DemoBackend(bot, settings, files_dir=workspace / "sessions", max_image_pixels=args.max_image_pixels,
                               session_ttl=args.session_ttl)
-        demo = build_demo(backend, examples, image_mode=args.image_mode, upload_concurrency=args.upload_concurrency)
+        demo = build_demo(backend, examples, image_aspect_ratio=args.image_aspect_ratio,
+                          upload_concurrency=args.upload_concurrency)
         demo.queue(default_concurrency_limit=args.concurrency, max_size=args.max_queue)
         info = bot.info()
         print(f"llm2clip-llava demo: {public_name(info['model'])} (tower {public_name(info['tower'])}, quantisation "

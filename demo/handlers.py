@@ -149,13 +149,14 @@ class DemoBackend:
             shrink(image, max(DISPLAY_SIDE, 2 * self.bot.processor.image_processor.image_size)).save(path, "PNG")
         return str(path)
 
-    def model_view(self, session: ChatSession | None, mode: str | None):
+    def model_view(self, session: ChatSession | None, image_aspect_ratio: str | None):
         """The image as the model receives it: the mode's geometry at the tower's resolution, enlarged by
         whole pixels (nearest neighbour) to at least `VIEW_SIZE` so small tower inputs stay visible."""
         if session is None or session.image is None:
             return None
-        mode = mode or self.bot.trained_image_mode
-        view = self.bot.processor_for(mode).image_processor.prepare_image(session.image.for_mode(mode))
+        image_aspect_ratio = image_aspect_ratio or self.bot.image_aspect_ratio
+        processor = self.bot.processor_for(image_aspect_ratio).image_processor
+        view = processor.prepare_image(session.image.view_for(image_aspect_ratio))
         factor = max(1, -(-VIEW_SIZE // view.width))
         return view.resize((view.width * factor, view.height * factor), Image.Resampling.NEAREST)
 
@@ -193,50 +194,53 @@ class DemoBackend:
         return True
 
     # ------------------------------------------------------------------ events
-    def submit(self, message, mode, session, shown=None):
+    def submit(self, message, image_aspect_ratio, session, shown=None):
         """The message box was sent: text and/or an attached image. Returns (chat, box, model view, session,
         status). `shown`: the chat the page displays (to tell a reader whose session expired).
 
         A bad attachment is reported in the chat and the question is kept in the box, unsent.
         """
-        chat, box, view, session = self._submit(message, mode, session, shown)
+        chat, box, view, session = self._submit(message, image_aspect_ratio, session, shown)
         return chat, box, view, session, status_html(session)
 
-    def _submit(self, message, mode, session, shown=None):
+    def _submit(self, message, image_aspect_ratio, session, shown=None):
         session = session or self.new_session(shown)
         text, files = message_parts(message)
         if not text.strip() and not files:
-            return chat_messages(session), message, self.model_view(session, mode), session
+            return chat_messages(session), message, self.model_view(session, image_aspect_ratio), session
         if session.busy:
             session.error("An answer is still being generated: wait for it, or press Stop.")
-            return chat_messages(session), message, self.model_view(session, mode), session
+            return chat_messages(session), message, self.model_view(session, image_aspect_ratio), session
         for payload in files[-1:]:  # one image per conversation: the last attachment wins
             if not self._use_upload(session, payload):
                 if text.strip():
                     session.notice("Your question was not sent: attach another image, or send it without one.")
-                return chat_messages(session), {"text": text, "files": []}, self.model_view(session, mode), session
+                return (chat_messages(session), {"text": text, "files": []},
+                        self.model_view(session, image_aspect_ratio), session)
         if text.strip():
             try:
                 session.ask(text)
             except ChatStateError as exc:
                 session.error(str(exc))
-                return chat_messages(session), message, self.model_view(session, mode), session
-        return chat_messages(session), {"text": "", "files": []}, self.model_view(session, mode), session
+                return chat_messages(session), message, self.model_view(session, image_aspect_ratio), session
+        return (chat_messages(session), {"text": "", "files": []}, self.model_view(session, image_aspect_ratio),
+                session)
 
-    def remove_image(self, mode, session):
+    def remove_image(self, image_aspect_ratio, session):
         if session is not None and session.image is not None:
             try:
                 session.set_image(None, "", "")
             except ChatStateError as exc:
                 session.error(str(exc))
-        return chat_messages(session), self.model_view(session, mode), session
+        return chat_messages(session), self.model_view(session, image_aspect_ratio), session
 
-    def mode_changed(self, mode, session):
+    def image_aspect_ratio_changed(self, image_aspect_ratio, session):
         if session is not None and session.context_exchanges():
-            trained = self.bot.trained_image_mode
-            session.notice(f"Image preprocessing is now {mode}" + ("" if mode == trained else
+            trained = self.bot.image_aspect_ratio
+            session.notice(f"Image preprocessing is now {image_aspect_ratio}" + (
+                           "" if image_aspect_ratio == trained else
                            f" (the model was trained with {trained})") + "; it applies from the next answer.")
-        return chat_messages(session), self.model_view(session, mode), session
+        return chat_messages(session), self.model_view(session, image_aspect_ratio), session
 
     def regenerate(self, session):
         if session is not None:
@@ -246,7 +250,7 @@ class DemoBackend:
                 session.error(str(exc)[0].upper() + str(exc)[1:] + ".")
         return chat_messages(session), session, status_html(session)
 
-    def generate(self, mode, temperature, top_p, max_new_tokens, session) -> Iterator[tuple]:
+    def generate(self, image_aspect_ratio, temperature, top_p, max_new_tokens, session) -> Iterator[tuple]:
         """Stream the pending answer (if any) into the chat; yields (chat, session, status) per text piece."""
         if session is None or session.pending is None:
             yield chat_messages(session), session, status_html(session)
@@ -259,7 +263,7 @@ class DemoBackend:
             yield chat_messages(session), session, status_html(session)
             return
         last = 0.0
-        for _ in run_turn(self.bot, session, settings, image_mode=mode):
+        for _ in run_turn(self.bot, session, settings, image_aspect_ratio=image_aspect_ratio):
             now = time.monotonic()
             if now - last >= self.min_update_interval:
                 last = now
@@ -281,7 +285,7 @@ class DemoBackend:
             return chat_messages(session), None, session
         return chat_messages(session), str(path), session
 
-    def load(self, payload, mode, session):
+    def load(self, payload, image_aspect_ratio, session):
         """Continue a conversation saved by `save` (a .zip; a .json without its image). Returns (chat, model
         view, session, status)."""
         session = session or self.new_session()
@@ -302,7 +306,7 @@ class DemoBackend:
         except Exception as exc:  # an unexpected failure still leaves the page usable
             logger.exception("could not load the conversation %s", name)
             session.error(f"Could not load {name}: {type(exc).__name__}: {exc}")
-        return chat_messages(session), self.model_view(session, mode), session, status_html(session)
+        return chat_messages(session), self.model_view(session, image_aspect_ratio), session, status_html(session)
 
     def clear(self, session):
         """Forget the conversation (a running answer is stopped); the image stays for the next question."""

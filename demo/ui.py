@@ -18,11 +18,11 @@ from pathlib import Path
 
 import gradio as gr
 
-from mllm.chat.api import IMAGE_MODES
+from mllm.chat.api import IMAGE_ASPECT_RATIOS
 
 from .handlers import DemoBackend, status_html
 
-MODE_INFO = {
+ASPECT_RATIO_INFO = {
     "pad": "pad to a square of the mean colour, then resize (LLaVA-1.5)",
     "crop": "resize the short side, centre-crop (CLIP)",
     "resize": "stretch to a square",
@@ -55,19 +55,19 @@ def header_html(info: dict) -> str:
         ("Template", info["template"]),
         ("Compute", f"{info['dtype']} on {info['device']}"),
         ("Image input", f"{info['image_size']}×{info['image_size']} px, {info['num_image_tokens']} tokens, "
-                        f"trained with {info['image_mode']}"),
+                        f"trained with {info['image_aspect_ratio']}"),
     ]
     body = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
     return f"<h2>llm2clip-llava chat</h2><table id='header-facts'>{body}</table>"
 
 
 def build_demo(backend: DemoBackend, examples: list[tuple[str, str]] | None = None,
-               image_mode: str | None = None, upload_concurrency: int = 1) -> gr.Blocks:
-    """Build the Blocks app (not launched). `examples`: [(image path, question)]; `image_mode`: the
+               image_aspect_ratio: str | None = None, upload_concurrency: int = 1) -> gr.Blocks:
+    """Build the Blocks app (not launched). `examples`: [(image path, question)]; `image_aspect_ratio`: the
     preprocessing selected at start (default: the one the model was trained with); `upload_concurrency`:
     messages (with their attachments) and loads decoded at the same time."""
     info = backend.bot.info()
-    trained = backend.bot.trained_image_mode
+    trained = backend.bot.image_aspect_ratio
     settings = backend.settings
     ttl = backend.session_ttl
     context = backend.bot.processor.model_max_length
@@ -100,9 +100,10 @@ def build_demo(backend: DemoBackend, examples: list[tuple[str, str]] | None = No
             with gr.Column(scale=2, min_width=280):
                 model_view = gr.Image(label="What the model sees", type="pil", interactive=False, height=240,
                                       elem_id="model-view", buttons=["fullscreen"])
-                mode = gr.Radio(list(IMAGE_MODES), value=image_mode or trained, label="Image preprocessing",
-                                info=f"Trained with {trained}. " + "; ".join(f"{m}: {MODE_INFO[m]}" for m in IMAGE_MODES),
-                                elem_id="image-mode")
+                aspect_ratio = gr.Radio(list(IMAGE_ASPECT_RATIOS), value=image_aspect_ratio or trained,
+                                        label="Image preprocessing", elem_id="image-mode",
+                                        info=f"Trained with {trained}. " + "; ".join(
+                                            f"{m}: {ASPECT_RATIO_INFO[m]}" for m in IMAGE_ASPECT_RATIOS))
                 remove_image = gr.Button("Remove image", size="sm", elem_id="remove-image")
                 with gr.Accordion("Generation", open=True):
                     temperature = gr.Slider(0.0, 2.0, value=settings.temperature, step=0.05, label="Temperature",
@@ -119,25 +120,27 @@ def build_demo(backend: DemoBackend, examples: list[tuple[str, str]] | None = No
                         inputs=[message], label="Examples (synthetic scenes drawn by this project)",
                         elem_id="examples")
 
-        generation_inputs = [mode, temperature, top_p, max_new_tokens, state]
+        generation_inputs = [aspect_ratio, temperature, top_p, max_new_tokens, state]
         fast = dict(queue=False, preprocess=False, show_progress="hidden")
         decode = dict(preprocess=False, show_progress="hidden", concurrency_id="decode",
                       concurrency_limit=upload_concurrency)
         generation_outputs = [chatbot, state, status]
         streamed = dict(show_progress="minimal", show_progress_on=[chatbot], concurrency_id="generate")
-        message.submit(backend.submit, [message, mode, state, chatbot], [chatbot, message, model_view, state, status],
+        message.submit(backend.submit, [message, aspect_ratio, state, chatbot],
+                       [chatbot, message, model_view, state, status],
                        api_name="send", **decode).then(
             backend.generate, generation_inputs, generation_outputs, api_name="generate", **streamed)
         regenerate.click(backend.regenerate, [state], generation_outputs, api_name="regenerate", **fast).then(
             backend.generate, generation_inputs, generation_outputs, api_name="generate_again", **streamed)
         save.click(backend.save, [state], [chatbot, saved, state], api_name="save", **fast)
-        load.upload(backend.load, [load, mode, state], [chatbot, model_view, state, status], api_name="load",
+        load.upload(backend.load, [load, aspect_ratio, state], [chatbot, model_view, state, status], api_name="load",
                     **decode)
         stop.click(backend.stop, [state], [state], **fast)
         for trigger in (clear.click, chatbot.clear):  # our button and the chat's own bin icon
             trigger(backend.clear, [state], [chatbot, message, state, status], **fast)
-        remove_image.click(backend.remove_image, [mode, state], [chatbot, model_view, state], **fast)
-        mode.change(backend.mode_changed, [mode, state], [chatbot, model_view, state], **fast)
+        remove_image.click(backend.remove_image, [aspect_ratio, state], [chatbot, model_view, state], **fast)
+        aspect_ratio.change(backend.image_aspect_ratio_changed, [aspect_ratio, state], [chatbot, model_view, state],
+                            **fast)
     return demo
 
 

@@ -36,9 +36,9 @@ def load_tower(spec: TowerSpec, *, directory: str | Path | None = None, dtype: t
     )
 
 
-def image_processor_for(tower, mode: str):
-    """The tower's own image processor (size, mean, std) in the requested preprocessing mode."""
-    return tower.image_processor.with_mode(mode)
+def image_processor_for(tower, image_aspect_ratio: str):
+    """The tower's own image processor (size, mean, std) with the requested `image_aspect_ratio` geometry."""
+    return tower.image_processor.with_image_aspect_ratio(image_aspect_ratio)
 
 
 def configure_trainable(

@@ -15,7 +15,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from vision_tower.config import DEFAULT_PRESET, PRESETS
+from vision_tower.config import DEFAULT_PRESET, IMAGE_ASPECT_RATIOS, PRESETS
 
 from .containment import check_tree, resolve_inside
 from .errors import UserError
@@ -113,8 +113,9 @@ class MLLMConfig(ModelSpec):
                                 f"{type(self.tower).__name__} / {type(self.lora).__name__}")
         if self.quantization not in (None, *QUANTIZATIONS):
             raise ManifestError(f"quantization must be one of {QUANTIZATIONS} or null, got {self.quantization!r}")
-        if self.image_aspect_ratio not in ("pad", "crop", "resize"):
-            raise ManifestError(f"image_aspect_ratio must be pad, crop or resize, got {self.image_aspect_ratio!r}")
+        if self.image_aspect_ratio not in IMAGE_ASPECT_RATIOS:
+            raise ManifestError(f"image_aspect_ratio must be one of {', '.join(IMAGE_ASPECT_RATIOS)}, "
+                                f"got {self.image_aspect_ratio!r}")
 
     @property
     def spec(self) -> ModelSpec:

@@ -14,8 +14,8 @@ from huggingface_hub.file_download import repo_folder_name
 
 from projector.registry import UnknownProjectorError, check_projector, projector_class
 from vision_tower.base import SELECT_FEATURES
+from vision_tower.config import IMAGE_ASPECT_RATIOS
 from vision_tower.loader import declared_config, is_hub_id
-from vision_tower.processor import MODES as IMAGE_MODES
 from vision_tower.registry import tower_class
 
 from .config import QUANTIZATIONS, ModelSpec, ModelSpecError
@@ -47,8 +47,9 @@ def _text_and_image_problems(spec: ModelSpec) -> list[str]:
     problems = []
     if spec.template not in TEMPLATES:
         problems.append(f"template {spec.template!r} is unknown (known: {', '.join(sorted(TEMPLATES))})")
-    if spec.image_aspect_ratio not in IMAGE_MODES:
-        problems.append(f"image_aspect_ratio {spec.image_aspect_ratio!r} must be one of {', '.join(IMAGE_MODES)}")
+    if spec.image_aspect_ratio not in IMAGE_ASPECT_RATIOS:
+        problems.append(f"image_aspect_ratio {spec.image_aspect_ratio!r} must be one of "
+                        f"{', '.join(IMAGE_ASPECT_RATIOS)}")
     if not _positive_int(spec.model_max_length):
         problems.append(f"model_max_length must be a positive integer, got {spec.model_max_length!r}")
     return problems

@@ -1,4 +1,4 @@
-"""Check llm2clip-llava against your copy of LLaVA-1.5's eval files (see docs/benchmarks.md, "Reproducing LLaVA").
+"""Check llm2clip-llava against your copy of LLaVA-1.5's eval files (see docs/eval_suites.md, "Reproducing LLaVA").
 
     python scripts/check_llava_eval.py playground/data/eval [--benchmark pope ...]
 

@@ -14,6 +14,7 @@ _EXPORTS = {
     "VisionCheckpointError": "vision_tower.checkpoint",
     "VisionTowerLoadError": "vision_tower.checkpoint",
     "DEFAULT_PRESET": "vision_tower.config",
+    "IMAGE_ASPECT_RATIOS": "vision_tower.config",
     "PRESETS": "vision_tower.config",
     "VisionTowerConfig": "vision_tower.config",
     "from_eva_clip_vision_cfg": "vision_tower.config",

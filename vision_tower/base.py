@@ -133,7 +133,7 @@ class VisionTower(nn.Module):
     @property
     def image_processor(self):
         """The tower's own preprocessing (CLIP convention: resize short side, center crop, normalise)."""
-        return ImageProcessor(self.image_size, self.config.image_mean, self.config.image_std, mode="crop")
+        return ImageProcessor(self.image_size, self.config.image_mean, self.config.image_std, image_aspect_ratio="crop")
 
     # ------------------------------------------------------------------ selection
     @property

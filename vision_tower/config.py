@@ -117,6 +117,10 @@ class VisionTowerConfig:
 
 
 DEFAULT_PRESET = "llm2clip-eva02-l-14-336"
+# How an image becomes the tower's square input, LLaVA's `image_aspect_ratio` (one name in manifests, training
+# flags, chat and demo): "crop" = CLIP's resize + centre crop, "pad" = LLaVA-1.5's square canvas of the mean colour,
+# then resize; "resize" = squash to the square.
+IMAGE_ASPECT_RATIOS = ("crop", "pad", "resize")
 EVA_CLIP_CONFIG_SOURCE = "microsoft/LLM2CLIP llm2clip/eva_clip/model_configs/{}.json"
 
 # Every field EVA-CLIP's `CLIPVisionCfg` accepts (eva_clip/model.py); anything else is a typo or another format.

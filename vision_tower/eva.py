@@ -20,7 +20,7 @@ from .base import VisionTower
 from .checkpoint import (
     Canonical, CheckpointLayout, VisionCheckpointError, block_count, image_size_from_positions,
 )
-from .config import EVA_CLIP_CONFIG_SOURCE, VisionTowerConfig
+from .config import DEFAULT_PRESET, EVA_CLIP_CONFIG_SOURCE, VisionTowerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ class EvaVisionTower(VisionTower):
     arch = "eva02"
     num_prefix_tokens = 1  # CLS
     presets = (
-        _eva("llm2clip-eva02-l-14-336", hub_id="microsoft/LLM2CLIP-EVA02-L-14-336",
+        _eva(DEFAULT_PRESET, hub_id="microsoft/LLM2CLIP-EVA02-L-14-336",  # "llm2clip-eva02-l-14-336"
              hub_filename="LLM2CLIP-EVA02-L-14-336.pt", source=EVA_CLIP_CONFIG_SOURCE.format("EVA02-CLIP-L-14-336")),
         _eva("llm2clip-eva02-l-14-224", image_size=224, source=EVA_CLIP_CONFIG_SOURCE.format("EVA02-CLIP-L-14")),
         _eva("llm2clip-eva02-b-16", image_size=224, patch_size=16, hidden_size=768, num_layers=12, num_heads=12,

@@ -20,10 +20,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .config import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from .config import IMAGE_ASPECT_RATIOS, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from .image_io import check_pil_format, load_image
 
-MODES = ("crop", "pad", "resize")
 BACKENDS = ("torch", "pil")
 MAX_CANVAS_PIXELS = 64_000_000  # pad mode: larger square canvases are avoided by shrinking the image first
 _BICUBIC = Image.Resampling.BICUBIC
@@ -34,9 +33,10 @@ class ImageProcessor:
     (RGB PIL images are used as they are: EXIF orientation is `load_image`'s job)."""
 
     def __init__(self, image_size: int = 336, image_mean: Sequence[float] = OPENAI_CLIP_MEAN,
-                 image_std: Sequence[float] = OPENAI_CLIP_STD, mode: str = "crop", backend: str = "torch"):
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+                 image_std: Sequence[float] = OPENAI_CLIP_STD, image_aspect_ratio: str = "crop",
+                 backend: str = "torch"):
+        if image_aspect_ratio not in IMAGE_ASPECT_RATIOS:
+            raise ValueError(f"image_aspect_ratio must be one of {IMAGE_ASPECT_RATIOS}, got {image_aspect_ratio!r}")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0:
@@ -46,7 +46,7 @@ class ImageProcessor:
         self.image_size = image_size
         self.image_mean = tuple(float(m) for m in image_mean)
         self.image_std = tuple(float(s) for s in image_std)
-        self.mode = mode
+        self.image_aspect_ratio = image_aspect_ratio
         self.backend = backend
         # LLaVA-1.5's expand2square colour: tuple(int(x * 255) for x in image_mean) = (122, 116, 104) for CLIP.
         self.pad_color = tuple(int(m * 255) for m in self.image_mean)
@@ -55,16 +55,18 @@ class ImageProcessor:
         self._scale = 1.0 / (255.0 * std)
         self._neg_shift = -mean / std
 
-    def with_mode(self, mode: str) -> "ImageProcessor":
-        return ImageProcessor(self.image_size, self.image_mean, self.image_std, mode, self.backend)
+    def with_image_aspect_ratio(self, image_aspect_ratio: str) -> "ImageProcessor":
+        """The same processor with another geometry (`IMAGE_ASPECT_RATIOS`)."""
+        return ImageProcessor(self.image_size, self.image_mean, self.image_std, image_aspect_ratio, self.backend)
 
     def __repr__(self) -> str:
-        return (f"ImageProcessor(image_size={self.image_size}, mode={self.mode!r}, backend={self.backend!r}, "
+        return (f"ImageProcessor(image_size={self.image_size}, image_aspect_ratio={self.image_aspect_ratio!r}, "
+                f"backend={self.backend!r}, "
                 f"image_mean={self.image_mean}, image_std={self.image_std})")
 
     # ------------------------------------------------------------------ geometry
     def prepare(self, image) -> torch.Tensor:
-        """One image → uint8 tensor [3, S, S] (possibly a strided view) after the mode's geometry."""
+        """One image → uint8 tensor [3, S, S] (possibly a strided view) after the `image_aspect_ratio` geometry."""
         if isinstance(image, Image.Image) and image.mode == "RGB":
             check_pil_format(image)
             img = image
@@ -74,9 +76,9 @@ class ImageProcessor:
         with warnings.catch_warnings():
             # np.asarray(PIL image) is read-only; tensors made from it are only ever read.
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            if self.mode == "crop":
+            if self.image_aspect_ratio == "crop":
                 return self._resize_center_crop(img)
-            if self.mode == "pad":
+            if self.image_aspect_ratio == "pad":
                 img = expand2square(_fit_canvas(img), self.pad_color)  # PIL paste: a C memcpy, ~1 ms at 640 px
             if self.backend == "torch":
                 return self._resize(_chw(img), s, s)

@@ -12,7 +12,7 @@ import importlib
 _EXPORTS = {
     "load": "mllm.chat.api",
     "ChatModel": "mllm.chat.api",
-    "IMAGE_MODES": "mllm.chat.api",
+    "IMAGE_ASPECT_RATIOS": "mllm.chat.api",
     "TextStream": "mllm.chat.streaming",
     "GenerationStopped": "mllm.chat.streaming",
     "ChatSession": "mllm.chat.session",

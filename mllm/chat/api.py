@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from vision_tower import load_image
+from vision_tower.config import IMAGE_ASPECT_RATIOS
 
 from .. import serialization  # by module: `serialization.load_model` is looked up when called (tests spy on it)
 from ..constants import IMAGE_TOKEN
@@ -31,7 +32,6 @@ from ..templates import encode
 from .context import ContextFit, default_max_new_tokens, fit_conversation
 from .streaming import TextStream
 
-IMAGE_MODES = ("pad", "crop", "resize")
 _SETTING_NAMES = {f.name for f in dataclasses.fields(GenerationSettings)}
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class ChatModel:
         self.default_settings = settings or GenerationSettings(
             max_new_tokens=default_max_new_tokens(processor.model_max_length), temperature=0.0)
         self._stop_ids = stop_token_ids(processor.tokenizer, model.llm)
-        self._processors = {processor.image_processor.mode: processor}
+        self._processors = {processor.image_processor.image_aspect_ratio: processor}
         self._lock = threading.Lock()
 
     @classmethod
@@ -83,25 +83,28 @@ class ChatModel:
         return self.model.config
 
     @property
-    def trained_image_mode(self) -> str:
+    def image_aspect_ratio(self) -> str:
+        """The image preprocessing the model was trained with (its manifest's `image_aspect_ratio`)."""
         return self.config.image_aspect_ratio
 
-    def processor_for(self, image_mode: str | None = None):
-        """The processor with images preprocessed in `image_mode` (default: the mode the model was trained with)."""
-        mode = image_mode or self.trained_image_mode
-        if mode not in IMAGE_MODES:
-            raise ValueError(f"image_mode must be one of {IMAGE_MODES}, got {mode!r}")
+    def processor_for(self, image_aspect_ratio: str | None = None):
+        """The processor with images preprocessed as `image_aspect_ratio` says (default: as trained)."""
+        geometry = image_aspect_ratio or self.image_aspect_ratio
+        if geometry not in IMAGE_ASPECT_RATIOS:
+            raise ValueError(f"image_aspect_ratio must be one of {IMAGE_ASPECT_RATIOS}, got {geometry!r}")
         with self._lock:
-            if mode not in self._processors:
+            if geometry not in self._processors:
                 variant = copy.copy(self.processor)  # shares the tokenizer; never mutates the original
-                variant.image_processor = self.processor.image_processor.with_mode(mode)
-                self._processors[mode] = variant
-            return self._processors[mode]
+                variant.image_processor = self.processor.image_processor.with_image_aspect_ratio(geometry)
+                self._processors[geometry] = variant
+            return self._processors[geometry]
 
     def prepared_views(self, image) -> dict:
-        """{mode: the image exactly as the tower receives it in that mode} (RGB, image_size square). A chat can
-        keep these instead of a large original: each view goes through its mode's preprocessing unchanged."""
-        return {mode: self.processor_for(mode).image_processor.prepare_image(image) for mode in IMAGE_MODES}
+        """{image_aspect_ratio: the image exactly as the tower receives it with that geometry} (RGB, image_size
+        square). A chat can keep these instead of a large original: each view goes through its own
+        preprocessing unchanged."""
+        return {geometry: self.processor_for(geometry).image_processor.prepare_image(image)
+                for geometry in IMAGE_ASPECT_RATIOS}
 
     def info(self) -> dict:
         """What is loaded, for headers and logs: model, LLM, tower, quantisation as loaded, template, ..."""
@@ -130,7 +133,7 @@ class ChatModel:
             "adapter": adapter,
             "dtype": str(getattr(base, "dtype", "")).replace("torch.", ""),
             "device": str(self.model.device),
-            "image_mode": self.trained_image_mode,
+            "image_aspect_ratio": self.image_aspect_ratio,
             "image_size": self.processor.image_processor.image_size,
             "num_image_tokens": self.processor.num_image_tokens,
             "model_max_length": self.processor.model_max_length,
@@ -215,13 +218,13 @@ class ChatModel:
 
     # ------------------------------------------------------------------ chat
     def chat(self, messages, images=None, *, stream: bool = False, settings: GenerationSettings | None = None,
-             image_mode: str | None = None, stop_event: threading.Event | None = None, **overrides):
+             image_aspect_ratio: str | None = None, stop_event: threading.Event | None = None, **overrides):
         """Answer the last user turn of `messages` (the earlier turns are the history).
 
         Returns the answer text, or with `stream=True` a `TextStream` that yields text pieces as they are
         generated (`.stop()` ends it; `.finish_reason` says why it ended). `overrides` are generation settings
-        (`max_new_tokens`, `temperature` (0 = greedy), `top_p`, `top_k`, `repetition_penalty`); `image_mode`
-        (pad/crop/resize) overrides the preprocessing the model was trained with. Bad input (an unreadable
+        (`max_new_tokens`, `temperature` (0 = greedy), `top_p`, `top_k`, `repetition_penalty`);
+        `image_aspect_ratio` (pad/crop/resize) overrides the preprocessing the model was trained with. Bad input (an unreadable
         image, a marker without an image, a history that breaks the template) raises here, before generating.
 
         The conversation is fitted to the context window first (`fit`): the answer gets min(max_new_tokens,
@@ -235,7 +238,7 @@ class ChatModel:
             logger.warning("the conversation outgrew the context window (%s tokens): the %d oldest exchange(s) "
                            "are left out", fit.context_length, fit.dropped)
         turns, settings = fit.turns, dataclasses.replace(settings, max_new_tokens=fit.max_new_tokens)
-        processor = self.processor_for(image_mode)
+        processor = self.processor_for(image_aspect_ratio)
         if not stream:
             ids = generate_ids(self.model, processor, [turns], [pil_images], settings)
             return processor.decode(ids[0], skip_special_tokens=True).strip()

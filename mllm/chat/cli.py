@@ -9,7 +9,7 @@ import argparse
 import dataclasses
 import sys
 
-from .api import IMAGE_MODES
+from .api import IMAGE_ASPECT_RATIOS
 from .command import add_model_loading_args, load_for_command
 from .conversation_file import ConversationFileError, read_conversation, save_conversation
 from .images import ImageLoadError, check_image, explain, open_image
@@ -22,7 +22,7 @@ COMMANDS_HELP = """commands:
   /image PATH        use another image (starts a new conversation)
   /noimage           continue without an image (starts a new conversation)
   /reset             forget the conversation, keep the image
-  /mode MODE         image preprocessing: pad, crop or resize
+  /mode MODE         image preprocessing (image_aspect_ratio): pad, crop or resize
   /save PATH         save the conversation as LLaVA JSON (PATH.json; PATH.zip bundles the image)
   /load PATH         continue a saved conversation (.json or .zip)
   /set NAME VALUE    generation setting: temperature (0 = greedy), top_p, top_k, max_new_tokens, repetition_penalty
@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="ask this and exit (repeat for a multi-turn script); questions piped on stdin work too")
     parser.add_argument("--system", help="system prompt (default: the template's own)")
     parser.add_argument("--load", metavar="PATH", help="continue a conversation saved by /save (.json or .zip)")
-    parser.add_argument("--mode", choices=IMAGE_MODES, help="image preprocessing (default: as trained)")
+    parser.add_argument("--image-aspect-ratio", "--mode", choices=IMAGE_ASPECT_RATIOS, dest="image_aspect_ratio",
+                        help="image preprocessing, LLaVA's image_aspect_ratio (default: as trained)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     parser.add_argument("--top-p", type=float, default=None)
     parser.add_argument("--top-k", type=int, default=None)
@@ -60,9 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
 class TerminalChat:
     """The command loop: questions go to the session, lines starting with / are commands."""
 
-    def __init__(self, bot, session: ChatSession, settings, mode: str | None, stream: bool,
+    def __init__(self, bot, session: ChatSession, settings, image_aspect_ratio: str | None, stream: bool,
                  out=None, err=None, answer_prefix: str = ""):
-        self.bot, self.session, self.settings, self.mode, self.stream = bot, session, settings, mode, stream
+        self.bot, self.session, self.settings, self.stream = bot, session, settings, stream
+        self.image_aspect_ratio = image_aspect_ratio
         self.out, self.err = out or sys.stdout, err or sys.stderr
         self.answer_prefix = answer_prefix
         self.failures = 0
@@ -100,7 +102,7 @@ class TerminalChat:
             self.say(f"error: {exc}")
             return
         start = len(self.session.items)
-        pieces = run_turn(self.bot, self.session, self.settings, self.mode)
+        pieces = run_turn(self.bot, self.session, self.settings, self.image_aspect_ratio)
         started = False
         try:
             for piece in pieces:
@@ -141,11 +143,12 @@ class TerminalChat:
             self.session.reset(keep_image=True)
             self.say("Conversation reset" + (f"; still about {self.session.image.name}." if self.session.image else "."))
         elif name == "mode":
-            if arg not in IMAGE_MODES:
-                self.say(f"usage: /mode {'|'.join(IMAGE_MODES)} (now {self.mode or self.bot.trained_image_mode})")
+            if arg not in IMAGE_ASPECT_RATIOS:
+                now = self.image_aspect_ratio or self.bot.image_aspect_ratio
+                self.say(f"usage: /mode {'|'.join(IMAGE_ASPECT_RATIOS)} (now {now})")
             else:
-                self.mode = arg
-                self.say(f"Image preprocessing: {arg} (the model was trained with {self.bot.trained_image_mode}).")
+                self.image_aspect_ratio = arg
+                self.say(f"Image preprocessing: {arg} (the model was trained with {self.bot.image_aspect_ratio}).")
         elif name in ("save", "load"):
             if not arg:
                 self.say(f"usage: /{name} PATH (.json or .zip)")
@@ -209,7 +212,7 @@ class TerminalChat:
 
     def describe_settings(self) -> str:
         values = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(self.settings).items())
-        return f"{values}; image preprocessing {self.mode or self.bot.trained_image_mode}"
+        return f"{values}; image preprocessing {self.image_aspect_ratio or self.bot.image_aspect_ratio}"
 
     # ------------------------------------------------------------------ loop
     def run(self, lines) -> None:
@@ -244,7 +247,7 @@ def banner(info: dict) -> str:
     quant = info["quantization"] + (f", {info['adapter']}" if info["adapter"] else "")
     external = "".join(f"\n  base {what}: {ref}" for what, ref in info.get("external", {}).items())
     return (f"model {info['model']}\n  LLM {info['llm']} | tower {info['tower']} | quantisation {quant} | "
-            f"{info['dtype']} on {info['device']} | template {info['template']} | image {info['image_mode']} "
+            f"{info['dtype']} on {info['device']} | template {info['template']} | image {info['image_aspect_ratio']} "
             f"{info['image_size']}px{external}")
 
 
@@ -264,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         return code
     settings = bot.default_settings
     session = ChatSession(system=args.system)
-    chat = TerminalChat(bot, session, settings, args.mode, stream=not args.no_stream)
+    chat = TerminalChat(bot, session, settings, args.image_aspect_ratio, stream=not args.no_stream)
     chat.say(banner(bot.info()))
     if args.image and not chat.load_image(args.image):
         return 1

@@ -64,19 +64,20 @@ class ImageRef:
     key: str  # content hash: the same upload twice is the same image
     display: str | None = None  # a file path the transcript may show (the demo's copy of an upload)
     source: str | None = None  # the file it was read from, when it is the user's own (the terminal's path)
-    views: dict | None = None  # {preprocessing mode: the image as the tower receives it}, kept instead of a
+    views: dict | None = None  # {image_aspect_ratio: the image as the tower receives it}, kept instead of a
     size: tuple[int, int] | None = None  # large original (the demo); `size` is the original's
 
     def __post_init__(self):
         if self.size is None:
             self.size = tuple(self.image.size)
 
-    def for_mode(self, mode: str | None = None):
-        """What the model is given for preprocessing `mode`: its prepared view when there are views."""
+    def view_for(self, image_aspect_ratio: str | None = None):
+        """What the model is given for that preprocessing: its prepared view when there are views."""
         if self.views:
-            if mode not in self.views:
-                raise ValueError(f"no view of {self.name} for preprocessing {mode!r}; have {sorted(self.views)}")
-            return self.views[mode]
+            if image_aspect_ratio not in self.views:
+                raise ValueError(f"no view of {self.name} for preprocessing {image_aspect_ratio!r}; "
+                                 f"have {sorted(self.views)}")
+            return self.views[image_aspect_ratio]
         return self.image
 
     @property
@@ -117,9 +118,9 @@ class ChatSession:
     def busy(self) -> bool:
         return self.pending is not None
 
-    def conversation(self, image_mode: str | None = None) -> tuple[list[dict], list]:
+    def conversation(self, image_aspect_ratio: str | None = None) -> tuple[list[dict], list]:
         """(LLaVA-JSON messages, images) for the pending question: usable history, then the open question.
-        `image_mode` picks the image's prepared view when it has views (see `ImageRef`)."""
+        `image_aspect_ratio` picks the image's prepared view when it has views (see `ImageRef`)."""
         pending = self.pending
         if pending is None:
             raise ChatStateError("no question is waiting for an answer")
@@ -132,7 +133,7 @@ class ChatSession:
         if self.image is not None:
             first = 1 if self.system else 0
             messages[first] = {"from": "human", "value": f"{IMAGE_TOKEN}\n{messages[first]['value']}"}
-            images.append(self.image.for_mode(image_mode))
+            images.append(self.image.view_for(image_aspect_ratio))
         return messages, images
 
     # ------------------------------------------------------------------ notes

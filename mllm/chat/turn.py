@@ -17,18 +17,18 @@ logger = logging.getLogger(__name__)
 
 
 def fit_context(chat_model, session: ChatSession, settings: GenerationSettings,
-                image_mode: str | None = None) -> ContextFit:
+                image_aspect_ratio: str | None = None) -> ContextFit:
     """The pending conversation as it will be sent: `ChatModel.fit` decides the answer's budget and whether
     the oldest exchanges must go; the session records a trim (with a notice on the pending turn). A question
     that does not fit even alone raises `ContextOverflowError`."""
-    messages, images = session.conversation(image_mode or chat_model.trained_image_mode)
+    messages, images = session.conversation(image_aspect_ratio or chat_model.image_aspect_ratio)
     fit = chat_model.fit(messages, images, settings)
     session.trim(fit.dropped, fit.context_length, fit.dropped_questions)
     return fit
 
 
 def run_turn(chat_model, session: ChatSession, settings: GenerationSettings | None = None,
-             image_mode: str | None = None) -> Iterator[str]:
+             image_aspect_ratio: str | None = None) -> Iterator[str]:
     """Generate the answer to `session.pending`, yielding each new text piece as it arrives.
 
     The answer accumulates in the exchange; when the stream ends the exchange is completed (`stop`,
@@ -44,10 +44,11 @@ def run_turn(chat_model, session: ChatSession, settings: GenerationSettings | No
         if stop_event.is_set():
             session.complete(exchange, "stopped")
             return
-        mode = image_mode or chat_model.trained_image_mode
-        fit = fit_context(chat_model, session, settings, mode)
-        _, images = session.conversation(mode)
-        stream = chat_model.chat(fit.turns, images, stream=True, settings=settings, image_mode=mode,
+        image_aspect_ratio = image_aspect_ratio or chat_model.image_aspect_ratio
+        fit = fit_context(chat_model, session, settings, image_aspect_ratio)
+        _, images = session.conversation(image_aspect_ratio)
+        stream = chat_model.chat(fit.turns, images, stream=True, settings=settings,
+                                 image_aspect_ratio=image_aspect_ratio,
                                  stop_event=stop_event)
         for piece in stream:
             exchange.answer += piece

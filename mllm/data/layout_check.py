@@ -18,7 +18,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..eval.benchmarks import load_benchmark
+from ..eval.suites import load_benchmark
 from . import llava_layout as L
 
 log = logging.getLogger(__name__)

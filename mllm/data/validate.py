@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from projector.registry import UnknownProjectorError, image_token_count, projector_class
 from vision_tower import ImageProcessor
-from vision_tower.config import PRESETS
+from vision_tower.config import DEFAULT_PRESET, PRESETS
 
 from .. import checks
 from ..checks import OptionError
@@ -204,8 +204,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _processor(args):
-    cfg = PRESETS[args.tower or "llm2clip-eva02-l-14-336"]
-    return ImageProcessor(cfg.image_size, cfg.image_mean, cfg.image_std, mode="pad")
+    cfg = PRESETS[args.tower or DEFAULT_PRESET]
+    return ImageProcessor(cfg.image_size, cfg.image_mean, cfg.image_std, image_aspect_ratio="pad")
 
 
 if __name__ == "__main__":

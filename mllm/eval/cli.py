@@ -1,4 +1,4 @@
-"""``llm2clip-llava eval``: one benchmark, one checkpoint, LLaVA-1.5's protocol (see docs/benchmarks.md)."""
+"""``llm2clip-llava eval``: one benchmark, one checkpoint, LLaVA-1.5's protocol (see docs/eval_suites.md)."""
 from __future__ import annotations
 
 import argparse
@@ -6,8 +6,8 @@ import logging
 import sys
 
 from ..errors import UserError
-from .benchmarks import BENCHMARK_NAMES, BENCHMARKS, parse_options
 from .cache import CacheMismatchError
+from .suites import BENCHMARK_NAMES, BENCHMARKS, parse_options
 
 
 def _benchmark_help() -> str:
@@ -18,7 +18,7 @@ def _benchmark_help() -> str:
         where = ("GPT-judged" if "judge" in cls.options() else
                  "server-scored, local score where annotations exist" if cls.server_side else "scored locally")
         lines.append(f"  {name:<11} {cls.display_name} ({where}; headline {cls.main_metric}); {shown}")
-    lines += ["", ("Expected files per benchmark: docs/benchmarks.md. Judged benchmarks (llavabench, mmvet) call "
+    lines += ["", ("Expected files per benchmark: docs/eval_suites.md. Judged benchmarks (llavabench, mmvet) call "
                    "an OpenAI-compatible endpoint only when OPENAI_API_KEY / OPENAI_BASE_URL are set."),
               "", "examples:",
               "  llm2clip-llava eval --model runs/finetune --benchmark pope --data playground/data/eval/pope",

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..checks import output_dir
-from .benchmarks import BENCHMARK_NAMES, BENCHMARKS
 from .report import METRICS_FORMAT, format_value
+from .suites import BENCHMARK_NAMES, BENCHMARKS
 
 
 @dataclass

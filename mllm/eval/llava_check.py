@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .answers import match_answers, read_answers
-from .benchmarks import load_benchmark
-from .benchmarks.mme import MME, eval_tool_questions
 from .llava_files import QUESTION_FILES, find_question_file, strip_image_marker
+from .suites import load_benchmark
+from .suites.mme import MME, eval_tool_questions
 from .types import MCQ_ANSWER, MCQ_ANSWER_CN, EvalItem
 
 # benchmark -> folder under playground/data/eval (LLaVA's scripts/v1_5/eval/*.sh)

@@ -31,10 +31,10 @@ from ..generation import GenerationSettings, generate_text
 from ..llm import base_causal_lm, resolve_dtype
 from ..paths import quickstart_dir
 from .answers import match_answers, read_answers
-from .benchmarks import get_benchmark, load_benchmark
 from .cache import PredictionCache, model_fingerprint
 from .judge import JudgeConfig
 from .report import build_metrics, print_summary, write_outputs
+from .suites import get_benchmark, load_benchmark
 from .types import Benchmark, EvalItem, ScoreResult
 
 log = logging.getLogger(__name__)

@@ -38,8 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..data.llava_layout import EVAL_PIECES
-from .benchmarks import load_benchmark
 from .scorers.vqa import evalai_normalize
+from .suites import load_benchmark
 from .types import Benchmark
 
 VQA_SUBTYPE = "val2014"

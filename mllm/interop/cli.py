@@ -5,6 +5,8 @@ import argparse
 import logging
 import sys
 
+from vision_tower.config import IMAGE_ASPECT_RATIOS
+
 from ..llm import DTYPES
 
 MULTI_COMMAND = True  # mllm.cli passes the command name first
@@ -39,7 +41,7 @@ def build_import_parser() -> argparse.ArgumentParser:
     parser.add_argument("--template", choices=("vicuna_v1", "plain", "chat_template"),
                         help="conversation template (default: vicuna_v1, LLaVA-1.5's; plain for a projector-only "
                              "checkpoint; what an llm2clip-llava export recorded)")
-    parser.add_argument("--image-aspect-ratio", choices=("pad", "crop", "resize"),
+    parser.add_argument("--image-aspect-ratio", choices=IMAGE_ASPECT_RATIOS,
                         help="image preprocessing (default: the source's; note llava-hf's LLaVA-1.5 processors "
                              "crop where LLaVA-1.5 was trained with pad)")
     parser.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp16", "fp32"),

@@ -184,14 +184,15 @@ def save_tokenizer(tokenizer, directory: str | Path, template_text: str, generic
     config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
 
-def image_processor(tower_config, mode: str):
-    """transformers' LlavaImageProcessor doing what our `ImageProcessor` does in `mode`."""
+def image_processor(tower_config, image_aspect_ratio: str):
+    """transformers' LlavaImageProcessor doing what our `ImageProcessor` does with `image_aspect_ratio`."""
     from transformers import LlavaImageProcessor
 
     side = tower_config.image_size
     common = {"image_mean": list(tower_config.image_mean), "image_std": list(tower_config.image_std),
               "do_resize": True, "resample": 3, "do_rescale": True, "do_normalize": True, "do_convert_rgb": True,
               "crop_size": {"height": side, "width": side}}  # resample 3 = bicubic
-    if mode == "crop":
+    if image_aspect_ratio == "crop":
         return LlavaImageProcessor(do_pad=False, size={"shortest_edge": side}, do_center_crop=True, **common)
-    return LlavaImageProcessor(do_pad=mode == "pad", size={"height": side, "width": side}, do_center_crop=False, **common)
+    return LlavaImageProcessor(do_pad=image_aspect_ratio == "pad", size={"height": side, "width": side},
+                               do_center_crop=False, **common)

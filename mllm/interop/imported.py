@@ -13,6 +13,7 @@ from typing import Any
 from torch import nn
 
 from projector import Projector, save_projector
+from vision_tower.config import IMAGE_ASPECT_RATIOS
 
 from ..config import LoraSpec, MLLMConfig, TowerSpec
 from ..templates import get_template
@@ -22,7 +23,6 @@ from .source import InteropError
 
 logger = logging.getLogger(__name__)
 
-IMAGE_MODES = ("pad", "crop", "resize")
 
 
 @dataclass
@@ -46,8 +46,8 @@ class ImportedModel:
     def __post_init__(self):
         if (self.llm is None) == (self.llm_base is None):
             raise ValueError("ImportedModel needs exactly one of llm and llm_base")
-        if self.image_aspect_ratio not in IMAGE_MODES:
-            raise InteropError(f"image aspect ratio {self.image_aspect_ratio!r} is not one of {IMAGE_MODES}")
+        if self.image_aspect_ratio not in IMAGE_ASPECT_RATIOS:
+            raise InteropError(f"image aspect ratio {self.image_aspect_ratio!r} is not one of {IMAGE_ASPECT_RATIOS}")
         try:
             get_template(self.template).check(self.tokenizer)
         except ValueError as exc:

@@ -73,11 +73,11 @@ def read(source: SourceDir, *, tower: str | None = None, template: str | None = 
     projector = build_projector("mlp2x_gelu", _projector_state(parts["projector"]), vision.hidden_size,
                                 llm.config.hidden_size, tower_name=tower_name, what=what, source_name=_hf_projector_name)
     tokenizer = load_tokenizer_from(source.path, what)
-    mode = image_aspect_ratio or info.get("image_aspect_ratio") or image["mode"]
+    image_aspect_ratio = image_aspect_ratio or info.get("image_aspect_ratio") or image["image_aspect_ratio"]
     return ImportedModel(
         source=source.origin, source_format=FORMAT, tokenizer=tokenizer, projector=projector,
         tower_spec=TowerSpec(checkpoint=None, config=None, name=tower_name, **select),
-        template=template or info.get("template") or "vicuna_v1", image_aspect_ratio=mode,
+        template=template or info.get("template") or "vicuna_v1", image_aspect_ratio=image_aspect_ratio,
         model_max_length=int(info.get("model_max_length") or min(2048, config.text_config.max_position_embeddings)),
         llm=llm, tower=vision,
         notes=[f"image token: {config.image_token_id} (in the vocabulary; its positions are overwritten)"],
@@ -114,7 +114,7 @@ def _selection(config, what: str) -> dict:
 
 
 def _image_settings(source: SourceDir, config, what: str) -> dict:
-    """The image processor's geometry as our mode, checked against the tower's input size."""
+    """The image processor's geometry as our `image_aspect_ratio`, checked against the tower's input size."""
     settings = None
     for name in ("processor_config.json", "preprocessor_config.json"):
         path = source.file(name)
@@ -127,18 +127,19 @@ def _image_settings(source: SourceDir, config, what: str) -> dict:
     size = config.vision_config.image_size
     if settings is None:
         logger.info("%s has no image processor config: assuming CLIP's resize + centre crop at %d", what, size)
-        return {"mode": "crop", "mean": None, "std": None}
+        return {"image_aspect_ratio": "crop", "mean": None, "std": None}
     if settings.get("do_pad"):
-        mode = "pad"
+        image_aspect_ratio = "pad"
     elif settings.get("do_center_crop", True):
-        mode = "crop"
+        image_aspect_ratio = "crop"
     else:
-        mode = "resize"
-    final = settings.get("crop_size") if mode == "crop" else settings.get("size")
+        image_aspect_ratio = "resize"
+    final = settings.get("crop_size") if image_aspect_ratio == "crop" else settings.get("size")
     side = _side(final)
     if side is not None and side != size:
         raise InteropError(f"{what}: the image processor produces {side}px images but the vision tower takes {size}px")
-    return {"mode": mode, "mean": settings.get("image_mean"), "std": settings.get("image_std")}
+    return {"image_aspect_ratio": image_aspect_ratio, "mean": settings.get("image_mean"),
+            "std": settings.get("image_std")}
 
 
 def _side(size) -> int | None:

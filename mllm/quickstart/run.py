@@ -139,7 +139,7 @@ class Quickstart:
         tower = load_vision_tower(str(base / "tower"), select_layer=-2)
         tower_info = pretrain_tower(tower, shapes, num_images=p.num_pretrain, steps=p.tower_steps,
                                     batch_size=p.tower_batch, lr=p.tower_lr, seed=self.seed,
-                                    image_processor=tower.image_processor.with_mode("pad"))
+                                    image_processor=tower.image_processor.with_image_aspect_ratio("pad"))
         tower.save_pretrained(out / "tower")
         n_texts = write_lm_corpus(shapes, p.num_train, out / "lm.json")
         # the LLM warm-up is an ordinary text-only fine-tune (mode full) through the finetune command

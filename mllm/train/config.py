@@ -15,6 +15,8 @@ from pathlib import Path
 
 import yaml
 
+from vision_tower.config import DEFAULT_PRESET
+
 from ..config import LoraSpec, ModelSpec, TowerSpec
 from ..errors import OneLineErrorParser
 
@@ -45,7 +47,7 @@ class TrainConfig:
         "help": "hub branch, tag or commit of --llm (and its tokenizer); recorded in the checkpoint manifest"})
     tokenizer: str | None = field(default=None, metadata={
         "help": "tokenizer hub id or directory (none: the LLM's own)"})
-    tower: str | None = field(default="llm2clip-eva02-l-14-336", metadata={
+    tower: str | None = field(default=DEFAULT_PRESET, metadata={
         "spec": ("tower.config", "tower.name"),
         "help": "vision tower preset or config JSON (none: the config saved with tower_checkpoint)"})
     tower_checkpoint: str | None = field(default=TowerSpec.checkpoint, metadata={

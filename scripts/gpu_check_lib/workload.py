@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from mllm.constants import IGNORE_INDEX
+from vision_tower.config import DEFAULT_PRESET
 
 
 @dataclass
@@ -75,7 +76,7 @@ class Workload:
             from vision_tower import build_vision_tower
 
             with torch.device(self.device):
-                tower = build_vision_tower(tiny_tower_config() if self.tiny else "llm2clip-eva02-l-14-336",
+                tower = build_vision_tower(tiny_tower_config() if self.tiny else DEFAULT_PRESET,
                                            dtype=self.dtype)
             path = self.workdir / "tower"
             tower.save_pretrained(path)

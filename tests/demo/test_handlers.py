@@ -154,7 +154,7 @@ def test_new_image_restarts_the_conversation(backend, uploads):
 def test_mode_change_updates_what_the_model_sees(backend, demo_bot, uploads):
     _, _, pad_view, session = _submit(backend, _msg("", uploads / "blue.png"), "pad", None)
     assert not session.busy  # an image alone asks nothing
-    chat, crop_view, session = backend.mode_changed("crop", session)
+    chat, crop_view, session = backend.image_aspect_ratio_changed("crop", session)
     assert not any("preprocessing is now" in t for t in _texts(chat))  # nothing asked yet: no notice
     size = demo_bot.processor.image_processor.image_size
     pad_px = np.asarray(pad_view.resize((size, size), Image.Resampling.NEAREST))
@@ -163,7 +163,7 @@ def test_mode_change_updates_what_the_model_sees(backend, demo_bot, uploads):
     assert (pad_px[:, 0, 2] < 150).all()  # a portrait image padded left/right with the mean colour
     _submit(backend, _msg("Q"), "crop", session)
     _generate(backend, session, mode="crop")
-    chat, _, _ = backend.mode_changed("resize", session)
+    chat, _, _ = backend.image_aspect_ratio_changed("resize", session)
     assert _texts(chat)[-1] == "ℹ️ Image preprocessing is now resize (the model was trained with pad); it applies " \
                                "from the next answer."
 
@@ -215,7 +215,7 @@ def test_an_upload_is_kept_as_the_towers_views_only(backend, demo_bot, tmp_path)
                           np.asarray(ref.views["crop"]))  # "what the model sees" is the crop view
     _submit(backend, _msg("Q"), "crop", session)
     _generate(backend, session, mode="crop")
-    assert session.exchanges[-1].answer == demo_bot.chat("Q", original, max_new_tokens=8, image_mode="crop")
+    assert session.exchanges[-1].answer == demo_bot.chat("Q", original, max_new_tokens=8, image_aspect_ratio="crop")
 
 
 def test_the_pixel_cap_refuses_before_decoding(demo_bot, uploads, tmp_path):

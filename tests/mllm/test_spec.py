@@ -50,7 +50,7 @@ def test_build_model_takes_a_spec_and_load_model_returns_it(make_tiny_model, tin
     assert model.spec.tower.name == "tiny-eva02-28-14"
     # the keyword form describes the same model (make_tiny_model only names its tower "tiny-eva02")
     assert model.spec == replace(keyword_model.spec, tower=replace(keyword_model.spec.tower, name="tiny-eva02-28-14"))
-    assert processor.template == "plain" and processor.image_processor.mode == "crop"
+    assert processor.template == "plain" and processor.image_processor.image_aspect_ratio == "crop"
     save_pretrained(model, processor, tmp_path / "ckpt")
     loaded, _ = load_model(tmp_path / "ckpt")
     assert loaded.spec == model.spec and type(loaded.spec) is ModelSpec

@@ -23,7 +23,7 @@ def test_geometry_and_defaults(tower):
     assert tower.select_layer == -2 and tower.select_feature == "patch"
     assert not any(p.requires_grad for p in tower.parameters()) and not tower.training
     proc = tower.image_processor
-    assert proc.image_size == 56 and proc.mode == "crop"
+    assert proc.image_size == 56 and proc.image_aspect_ratio == "crop"
 
 
 def test_select_layer_and_feature_semantics(tower, pixels):

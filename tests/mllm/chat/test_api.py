@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mllm.chat import ChatModel, load
-from mllm.chat.api import IMAGE_MODES
+from mllm.chat.api import IMAGE_ASPECT_RATIOS
 from mllm.modeling import ImageCountError
 from vision_tower import ImageLoadError
 
@@ -96,31 +96,31 @@ def test_bad_input_fails_at_the_call_not_in_the_worker(bot, image_files, make_im
         bot.chat(QUESTION, image, temprature=0.5)
     with pytest.raises(ValueError, match="temperature must be >= 0"):
         bot.chat(QUESTION, image, temperature=-1)
-    with pytest.raises(ValueError, match="image_mode must be one of"):
-        bot.chat(QUESTION, image, image_mode="squash")
+    with pytest.raises(ValueError, match="image_aspect_ratio must be one of"):
+        bot.chat(QUESTION, image, image_aspect_ratio="squash")
     with pytest.raises(ValueError, match="non-empty list"):
         bot.chat([], image)
     with pytest.raises(ValueError, match="unknown_role"):
         bot.chat([{"role": "robot", "content": "hi"}])
 
 
-def test_image_mode_selects_the_preprocessing_without_touching_the_trained_one(bot, monkeypatch, make_images):
+def test_image_aspect_ratio_selects_the_preprocessing_without_touching_the_trained_one(bot, monkeypatch, make_images):
     import mllm.chat.api as api
 
     seen = []
     real = api.generate_ids
 
     def spy(model, processor, *args, **kwargs):
-        seen.append(processor.image_processor.mode)
+        seen.append(processor.image_processor.image_aspect_ratio)
         return real(model, processor, *args, **kwargs)
 
     monkeypatch.setattr(api, "generate_ids", spy)
     image = make_images(1)[0]
-    for mode in IMAGE_MODES:
-        bot.chat(QUESTION, image, image_mode=mode, max_new_tokens=2)
+    for mode in IMAGE_ASPECT_RATIOS:
+        bot.chat(QUESTION, image, image_aspect_ratio=mode, max_new_tokens=2)
     bot.chat(QUESTION, image, max_new_tokens=2)
-    assert seen == [*IMAGE_MODES, bot.trained_image_mode]
-    assert bot.processor.image_processor.mode == bot.trained_image_mode
+    assert seen == [*IMAGE_ASPECT_RATIOS, bot.image_aspect_ratio]
+    assert bot.processor.image_processor.image_aspect_ratio == bot.image_aspect_ratio
     assert bot.processor_for("crop").tokenizer is bot.processor.tokenizer
 
 
@@ -178,7 +178,7 @@ def test_info_names_what_is_loaded(bot, chat_checkpoint):
     assert info["tower"] == "tiny-eva02" and info["template"] == "vicuna_v1"
     assert info["quantization"] == "none" and info["adapter"] is None
     assert info["dtype"] == "float32" and info["device"] == "cpu"
-    assert info["image_mode"] == "pad" and info["num_image_tokens"] == bot.processor.num_image_tokens
+    assert info["image_aspect_ratio"] == "pad" and info["num_image_tokens"] == bot.processor.num_image_tokens
 
 
 def test_load_without_a_model_points_at_the_quickstart(tmp_path, monkeypatch):

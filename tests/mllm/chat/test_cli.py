@@ -50,8 +50,8 @@ def test_piped_questions_and_commands(bot, chat_checkpoint, image_files, capsys,
     code, out, err = _run(["--model", str(chat_checkpoint), "--image", str(img0), *ARGS], capsys, monkeypatch, script)
     assert code == 0, err
     answers = [line.strip() for line in out.splitlines()]
-    assert answers == [bot.chat("What colour?", str(img0), max_new_tokens=5, image_mode="crop"),
-                       bot.chat("And now?", str(img1), max_new_tokens=5, image_mode="crop"),
+    assert answers == [bot.chat("What colour?", str(img0), max_new_tokens=5, image_aspect_ratio="crop"),
+                       bot.chat("And now?", str(img1), max_new_tokens=5, image_aspect_ratio="crop"),
                        bot.chat("Hello?", max_new_tokens=5)]
     for expected in ("max_new_tokens=5", "Image preprocessing: crop (the model was trained with pad)",
                      "top_p must be in (0, 1]", "usage: /set NAME VALUE", "unknown command /bogus",

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mllm.chat.api import IMAGE_MODES
+from mllm.chat.api import IMAGE_ASPECT_RATIOS
 from mllm.chat.images import ImageLoadError, open_image, shrink
 
 
@@ -21,7 +21,7 @@ def test_prepared_views_give_the_tower_exactly_the_pixels_of_the_original(bot, s
     original = _photo(*size)
     views = bot.prepared_views(original)
     side = bot.processor.image_processor.image_size
-    assert set(views) == set(IMAGE_MODES) and all(v.size == (side, side) for v in views.values())
+    assert set(views) == set(IMAGE_ASPECT_RATIOS) and all(v.size == (side, side) for v in views.values())
     for mode, view in views.items():
         processor = bot.processor_for(mode).image_processor
         assert processor.prepare(view).equal(processor.prepare(original)), mode  # bit-exact in every mode

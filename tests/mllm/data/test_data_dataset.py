@@ -46,7 +46,7 @@ BAD_RECORDS = [
 
 @pytest.fixture(scope="module")
 def processor():
-    return ImageProcessor(S, mode="pad")
+    return ImageProcessor(S, image_aspect_ratio="pad")
 
 
 def _dataset(path, tokenizer, image_dir, processor, **kw):

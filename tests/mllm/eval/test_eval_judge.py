@@ -7,8 +7,8 @@ import threading
 import pytest
 
 from mllm.eval import JudgeConfig, JudgeError, load_benchmark
-from mllm.eval.benchmarks.llava_bench import RULE_PROMPT, parse_score, summarize
-from mllm.eval.benchmarks.mmvet import GRADER_PROMPT
+from mllm.eval.suites.llava_bench import RULE_PROMPT, parse_score, summarize
+from mllm.eval.suites.mmvet import GRADER_PROMPT
 
 
 class FakeJudge:

@@ -64,7 +64,7 @@ def _ask(config):
 def test_key_is_not_in_repr(caplog):
     config = JudgeConfig(base_url="https://api.example.com/v1", api_key=KEY, model="m")
     assert KEY not in repr(config) and KEY not in str(config)
-    from mllm.eval.benchmarks.llava_bench import LLaVABench
+    from mllm.eval.suites.llava_bench import LLaVABench
 
     assert KEY not in repr(LLaVABench(data="/nowhere", judge=config))  # benchmarks carry the config
 

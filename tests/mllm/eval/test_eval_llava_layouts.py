@@ -195,7 +195,7 @@ def test_gqa_vizwiz_mmvet_read_llavas_question_files(tmp_path):
 
 
 def test_mmbench_llava_answers_keyed_by_index_and_round():
-    from mllm.eval.benchmarks import MMBench
+    from mllm.eval.suites import MMBench
 
     assert MMBench.llava_answer_key({"question_id": 241, "round_id": 0}) == "241"
     assert MMBench.llava_answer_key({"question_id": 241, "round_id": 2}) == "2000241"

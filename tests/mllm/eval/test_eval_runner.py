@@ -82,7 +82,7 @@ def test_batched_equals_batch_size_one(synthetic_bench, tiny_checkpoint, loaded_
 
 @pytest.mark.parametrize("mode", ["pad", "crop", "resize"])
 def test_worker_side_geometry_gives_identical_pixels(mode, loaded_checkpoint, synthetic_bench):
-    processor = loaded_checkpoint[1].image_processor.with_mode(mode)
+    processor = loaded_checkpoint[1].image_processor.with_image_aspect_ratio(mode)
     items = synthetic_bench["pope"].build().load()
     dataset = ImageItemDataset(items, processor)
     for i in range(0, len(items), 2):

@@ -1,4 +1,6 @@
-"""The benchmark registry: names (as in LLaVA's ``scripts/v1_5/eval/<name>.sh``) to reader/scorer classes."""
+"""The eval suites: benchmark names (as in LLaVA's ``scripts/v1_5/eval/<name>.sh``) to reader/scorer classes.
+
+(Named apart from the repository's ``benchmarks/`` folder, which holds speed measurements.)"""
 from __future__ import annotations
 
 import dataclasses
