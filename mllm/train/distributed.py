@@ -59,6 +59,20 @@ def plan_setup(mode: str, compute_dtype: torch.dtype, engine: str | None = None,
     return SetupPlan(engine, zero_stage, quantization, quant_storage, device_map, on_cuda)
 
 
+def _gloo_without_deepspeed_ops() -> None:
+    """DeepSpeed on CPU processes talks gloo, without its compiled ops.
+
+    Its CPU backend would first probe every op builder (compiler runs) and JIT-compile a shared-memory all-reduce
+    with g++ (1-4 minutes on a fresh machine) before falling back to gloo where the build is impossible; the
+    optimizer here is torch's own AdamW, so no op is needed. Marking the ops unavailable (DeepSpeed's own table,
+    filled lazily on first access) takes the gloo path at once.
+    """
+    import deepspeed.ops
+    from deepspeed.ops.op_builder.all_ops import ALL_OPS
+
+    deepspeed.ops.__compatible_ops__ = dict.fromkeys([*ALL_OPS, "deepspeed_not_implemented"], False)
+
+
 def create_accelerator(plan: SetupPlan, *, mixed_precision: str, gradient_accumulation_steps: int, log_with,
                        project_dir: str):
     """The Accelerator for `plan`; on CPUs it keeps the FSDP or DeepSpeed engine the launch configuration asked for.
@@ -95,6 +109,7 @@ def create_accelerator(plan: SetupPlan, *, mixed_precision: str, gradient_accumu
         plugin.select(_from_accelerator_state=True)
         state.deepspeed_plugins = plugin
         state.distributed_type = DistributedType.DEEPSPEED
+        _gloo_without_deepspeed_ops()
     from accelerate.state import PartialState
 
     PartialState._shared_state["distributed_type"] = state.distributed_type  # AcceleratorState copies it from here

@@ -54,6 +54,7 @@ class DemoPage:
         page.set_default_timeout(TIMEOUT_MS)
         page.goto(url)
         page.wait_for_selector("#chatbot")
+        page.wait_for_selector("#message textarea")  # the input box renders after the chat (scripts query it)
         page.wait_for_selector("#status .chat-status[data-state='idle']")
 
     def messages(self) -> list[dict]:
