@@ -201,6 +201,17 @@ def block_count(tensors: Mapping[str, torch.Tensor], prefix: str) -> int:
     return 1 + max(indices)
 
 
+def vit_structure(arch: str, tensors: Mapping[str, torch.Tensor], prefix_tokens: int, *, mlp_in: str,
+                  qkv_bias: str) -> dict:
+    """Sizes every timm-style ViT checkpoint reveals (`blocks.N.*`, `patch_embed.proj`, `pos_embed`); `mlp_in` is
+    the key of block 0's first MLP weight and `qkv_bias` the key whose presence means q/k/v have biases."""
+    w = tensors["patch_embed.proj.weight"]
+    patch_size = w.shape[-1]
+    return dict(arch=arch, hidden_size=w.shape[0], patch_size=patch_size, intermediate_size=tensors[mlp_in].shape[0],
+                num_layers=block_count(tensors, "blocks."), qkv_bias=qkv_bias in tensors,
+                image_size=image_size_from_positions(tensors["pos_embed"].shape[1], prefix_tokens, patch_size))
+
+
 def image_size_from_positions(rows: int, prefix_tokens: int, patch_size: int) -> int:
     """Image size of a square patch grid whose position table has `rows` = prefix tokens + grid²."""
     grid = int(round(max(rows - prefix_tokens, 0) ** 0.5))

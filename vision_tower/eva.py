@@ -18,7 +18,7 @@ from timm.models.eva import Eva
 
 from .base import VisionTower
 from .checkpoint import (
-    Canonical, CheckpointLayout, VisionCheckpointError, block_count, image_size_from_positions,
+    Canonical, CheckpointLayout, VisionCheckpointError, vit_structure,
 )
 from .config import DEFAULT_PRESET, EVA_CLIP_CONFIG_SOURCE, VisionTowerConfig
 
@@ -178,15 +178,12 @@ class EvaVisionTower(VisionTower):
     @classmethod
     def infer_structure(cls, canonical: Canonical) -> dict[str, Any]:
         """Sizes from EVA-CLIP names (num_heads only when RoPE tables reveal the head dim)."""
-        t = canonical.tensors
-        w = t["patch_embed.proj.weight"]
-        info = dict(arch=cls.arch, hidden_size=w.shape[0], patch_size=w.shape[-1],
-                    intermediate_size=t["blocks.0.mlp.w1.weight"].shape[0], num_layers=block_count(t, "blocks."),
-                    qkv_bias="blocks.0.attn.q_proj.bias" in t)
+        info = vit_structure(cls.arch, canonical.tensors, cls.num_prefix_tokens, mlp_in="blocks.0.mlp.w1.weight",
+                             qkv_bias="blocks.0.attn.q_proj.bias")
+        width = info["hidden_size"]
         cos = next((v for k, v in canonical.rope_tables.items() if k.endswith("freqs_cos")), None)
-        if cos is not None and cos.ndim == 2 and cos.shape[-1] and w.shape[0] % cos.shape[-1] == 0:
-            info["num_heads"] = w.shape[0] // cos.shape[-1]
-        info["image_size"] = image_size_from_positions(t["pos_embed"].shape[1], cls.num_prefix_tokens, info["patch_size"])
+        if cos is not None and cos.ndim == 2 and cos.shape[-1] and width % cos.shape[-1] == 0:
+            info["num_heads"] = width // cos.shape[-1]
         return info
 
     def check_checkpoint(self, canonical: Canonical) -> None:

@@ -21,7 +21,7 @@ from timm.layers import LayerNorm
 from timm.models.vision_transformer import VisionTransformer
 
 from .base import VisionTower
-from .checkpoint import Canonical, CheckpointLayout, block_count, image_size_from_positions
+from .checkpoint import Canonical, CheckpointLayout, vit_structure
 from .config import EVA_CLIP_CONFIG_SOURCE, VisionTowerConfig
 
 
@@ -71,13 +71,8 @@ class SiglipVisionTower(VisionTower):
     @classmethod
     def infer_structure(cls, canonical: Canonical) -> dict[str, Any]:
         """Sizes from timm names (num_heads stays unknown: q/k/v are one fused matrix)."""
-        t = canonical.tensors
-        w = t["patch_embed.proj.weight"]
-        info = dict(arch=cls.arch, hidden_size=w.shape[0], patch_size=w.shape[-1],
-                    intermediate_size=t["blocks.0.mlp.fc1.weight"].shape[0], num_layers=block_count(t, "blocks."),
-                    qkv_bias="blocks.0.attn.qkv.bias" in t)
-        info["image_size"] = image_size_from_positions(t["pos_embed"].shape[1], cls.num_prefix_tokens, info["patch_size"])
-        return info
+        return vit_structure(cls.arch, canonical.tensors, cls.num_prefix_tokens, mlp_in="blocks.0.mlp.fc1.weight",
+                             qkv_bias="blocks.0.attn.qkv.bias")
 
     def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
         t = self.trunk
