@@ -3,6 +3,7 @@
 """
 from __future__ import annotations
 
+import abc
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -38,7 +39,7 @@ class ProjectorConfig:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
-class Projector(nn.Module):
+class Projector(nn.Module, abc.ABC):
     """Vision features [B, prefix + H·W, in_features] → LLM embeddings [B, output_tokens, out_features].
 
     A subclass is one projector family, registered by a type-name pattern in `projector.registry.PROJECTORS`;
@@ -67,8 +68,9 @@ class Projector(nn.Module):
     def output_width(self) -> int:
         return self.config.out_features
 
+    @abc.abstractmethod
     def forward(self, features: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
-        raise NotImplementedError
+        """`grid` (rows, cols of patches) for projectors that regroup patches; others ignore it."""
 
 
 def projector_from_config(config: ProjectorConfig) -> Projector:

@@ -8,6 +8,7 @@ checkpoints the same way.
 """
 from __future__ import annotations
 
+import abc
 import json
 import logging
 import os
@@ -28,7 +29,7 @@ WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 
 
-class VisionTower(nn.Module):
+class VisionTower(nn.Module, abc.ABC):
     """Image encoder returning the hidden state of `select_layer` (LLaVA meaning: `hidden_states[select_layer]`
     where `hidden_states[0]` is the embedding output and `hidden_states[i]` the output of block i).
 
@@ -55,37 +56,38 @@ class VisionTower(nn.Module):
 
     # ------------------------------------------------------------------ subclass hooks
     @classmethod
+    @abc.abstractmethod
     def infer_structure(cls, canonical) -> dict[str, Any]:
         """The `VisionTowerConfig` fields readable from canonical weights (`checkpoint.Canonical`), `arch`
         and `image_size` included; used to match a checkpoint without a config against the presets."""
-        raise NotImplementedError
 
     def check_checkpoint(self, canonical) -> None:
         """Verify what a checkpoint carried besides the weights (e.g. RoPE tables) after a load."""
 
+    @abc.abstractmethod
     def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """`hidden_states[0]`: [B, num_prefix_tokens + num_patches, hidden_size]."""
-        raise NotImplementedError
 
     @property
+    @abc.abstractmethod
     def blocks(self) -> nn.ModuleList:
-        raise NotImplementedError
+        """The transformer blocks, in order (`select_layer` counts them)."""
 
     def block_inputs(self, x: torch.Tensor) -> tuple:
         """Extra positional arguments every block call receives after the hidden states (e.g. RoPE tables)."""
         return ()
 
+    @abc.abstractmethod
     def embedding_parameters(self) -> list[nn.Parameter]:
         """Parameters used before the first block (patch/pos/cls embeddings, pre-norm)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def canonical_key_map(self) -> dict[str, str]:
         """{canonical checkpoint key: this module's state_dict key} for every persistent tensor."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def init_non_persistent_buffers(self) -> None:
         """Recompute buffers that checkpoints do not carry (after building on the meta device)."""
-        raise NotImplementedError
 
     # ------------------------------------------------------------------ geometry
     @property

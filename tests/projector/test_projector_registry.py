@@ -44,3 +44,16 @@ def test_saved_projector_with_an_unregistered_type_is_refused(tmp_path):
     (tmp_path / "projector_config.json").write_text(cfg)
     with pytest.raises(ValueError, match="unknown projector type 'nonesuch'"):
         load_projector(tmp_path)
+
+
+def test_a_projector_class_without_forward_cannot_be_built():
+    """The base class declares the hooks a projector family must supply: a missing one fails at construction."""
+    import pytest
+
+    from projector.builder import Projector, ProjectorConfig
+
+    class Incomplete(Projector):
+        pass
+
+    with pytest.raises(TypeError, match="forward"):
+        Incomplete(ProjectorConfig("incomplete", 4, 8))

@@ -49,3 +49,16 @@ def test_tiny_tower_output_follows_its_prefix_tokens(arch):
     assert states[0].shape[1] == cls.num_prefix_tokens + 4
     assert tower.num_image_tokens == feats.shape[1] == 4 and tower.feature_prefix_tokens == 0
     assert torch.equal(feats, states[-2][:, cls.num_prefix_tokens:])
+
+
+def test_a_tower_class_must_supply_every_hook():
+    import pytest
+
+    from vision_tower.base import VisionTower
+
+    class Incomplete(VisionTower):
+        arch = "incomplete"
+
+    with pytest.raises(TypeError, match="blocks.*canonical_key_map.*embed.*embedding_parameters.*infer_structure"
+                                        ".*init_non_persistent_buffers"):
+        Incomplete.__new__(Incomplete)
