@@ -192,22 +192,14 @@ def test_fsdp_qlora_equals_one_process(runs, tmp_path):
     assert _max_difference(runs["refs"]["qlora"], out) < TOLERANCE
 
 
-def test_deepspeed_zero2_lora_equals_one_process(runs, tmp_path):
-    """Also shows the engine steps once per accumulation window (stepping per micro-batch would not be equal)."""
-    out = tmp_path / "zero2_lora"
-    _run(_launch_cmd(_cpu_config("deepspeed_zero2.yaml", tmp_path), runs["args"](out, "lora"),
-                     "--main_process_port", "0"))
+@pytest.mark.parametrize("config,mode", [("deepspeed_zero2.yaml", "lora"), ("deepspeed_zero3.yaml", "full")])
+def test_deepspeed_equals_one_process(runs, tmp_path, config, mode):
+    """ZeRO-2 also shows the engine steps once per accumulation window (stepping per micro-batch would not be
+    equal); ZeRO-3 partitions the LLM while it loads, and the saved model is gathered from the partitions."""
+    out = tmp_path / mode
+    _run(_launch_cmd(_cpu_config(config, tmp_path), runs["args"](out, mode), "--main_process_port", "0"))
     _check_two_process_run(out, "deepspeed", runs)
-    assert _max_difference(runs["refs"]["lora"], out) < TOLERANCE
-
-
-def test_deepspeed_zero3_full_equals_one_process(runs, tmp_path):
-    """ZeRO-3 partitions the LLM while it loads; the saved model is gathered from the partitions."""
-    out = tmp_path / "zero3_full"
-    _run(_launch_cmd(_cpu_config("deepspeed_zero3.yaml", tmp_path), runs["args"](out, "full"),
-                     "--main_process_port", "0"))
-    _check_two_process_run(out, "deepspeed", runs)
-    assert _max_difference(runs["refs"]["full"], out) < TOLERANCE
+    assert _max_difference(runs["refs"][mode], out) < TOLERANCE
 
 
 def test_two_node_ddp_launch_equals_one_process(runs, tmp_path):
