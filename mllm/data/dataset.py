@@ -45,6 +45,7 @@ class LLaVADataset(Dataset):
         get_template(template).check(tokenizer)  # a tokenizer without a usable chat template fails here, once
         self.template = template
         self.image_folder = None if image_folder is None else str(image_folder)
+        self._folder = None if image_folder is None else os.path.abspath(image_folder)  # what resolve() compares to
         self.image_processor = image_processor
         self.num_image_tokens = num_image_tokens
         if image_token_id is None:
@@ -76,8 +77,7 @@ class LLaVADataset(Dataset):
         if self.image_folder is None:
             return path
         joined = os.path.normpath(os.path.join(self.image_folder, path))
-        folder = os.path.normpath(self.image_folder)
-        if os.path.isabs(path) or os.path.commonpath([os.path.abspath(joined), os.path.abspath(folder)]) != os.path.abspath(folder):
+        if os.path.isabs(path) or os.path.commonpath([os.path.abspath(joined), self._folder]) != self._folder:
             raise RecordError("outside_image_folder", f"{path!r} is not inside --image_folder {self.image_folder}")
         return joined
 
