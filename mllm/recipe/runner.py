@@ -92,9 +92,9 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 @contextlib.contextmanager
 def _own_process_state():
-    """A command run in this process may assume a process of its own: the training command attaches its
-    run's train.log to the package logger for good. Put the loggers back afterwards, so that one step's
-    log file never receives the next step's lines."""
+    """A command run in this process may assume a process of its own and set logger levels or add handlers (the
+    trainer itself swaps its train.log handler per run). Put the root and package loggers back afterwards, so
+    that one step's logging set-up never leaks into the next step."""
     touched = [logging.getLogger(), logging.getLogger("mllm")]
     saved = [(lg, list(lg.handlers), lg.level) for lg in touched]
     try:
